@@ -1,0 +1,89 @@
+"""Two LoRA adapters on one base model: ``answer`` writes chunks, ``stop`` says Yes/No.
+
+One copy of the base weights lives in memory. The DPO reference model is the
+same base with adapters disabled (``reference()``), never a second copy.
+Adapters save as a standard peft directory: ``DIR/answer/`` and ``DIR/stop/``.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+ROLES = ("answer", "stop")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA shape. Defaults: paper Table 2 (Flow-DPO): r 8, alpha 8, dropout 0.05, all linear layers."""
+
+    r: int = 8
+    alpha: int = 8
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+
+    def peft(self):
+        from peft import LoraConfig as PeftLoraConfig
+
+        return PeftLoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            task_type="CAUSAL_LM",
+        )
+
+
+def attach(model, lora: LoraConfig | None = None, roles=ROLES):
+    """Wrap a base model with fresh (zero-effect: LoRA B starts at 0) named adapters."""
+    from peft import get_peft_model
+
+    cfg = (lora or LoraConfig()).peft()
+    peft_model = get_peft_model(model, cfg, adapter_name=roles[0])
+    for role in roles[1:]:
+        peft_model.add_adapter(role, cfg)
+    peft_model.set_adapter(roles[0])
+    return peft_model
+
+
+def load(model, directory: str | Path, roles=ROLES, trainable: bool = False):
+    """Attach saved adapters ``directory/<role>/`` to a base model."""
+    from peft import PeftModel
+
+    directory = Path(directory)
+    missing = [r for r in roles if not (directory / r / "adapter_config.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{directory}: no adapter(s) {', '.join(missing)} (expected {directory}/<role>/adapter_config.json)")
+    peft_model = PeftModel.from_pretrained(model, directory / roles[0], adapter_name=roles[0], is_trainable=trainable)
+    for role in roles[1:]:
+        peft_model.load_adapter(directory / role, adapter_name=role, is_trainable=trainable)
+    return peft_model
+
+
+def save(peft_model, directory: str | Path, roles=ROLES) -> None:
+    directory = Path(directory)
+    for role in roles:
+        # peft saves non-default adapters under a subfolder named after the adapter
+        peft_model.save_pretrained(directory, selected_adapters=[role])
+
+
+def has_adapter(model, role: str) -> bool:
+    return role in getattr(model, "peft_config", {})
+
+
+@contextlib.contextmanager
+def use(model, role: str | None):
+    """Run the model as ``role``; the base model if role is None or the adapter is absent."""
+    if role is not None and has_adapter(model, role):
+        model.set_adapter(role)
+        yield model
+    elif hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+    else:
+        yield model
+
+
+def reference(model):
+    """Context: the base model (adapters disabled) — the DPO reference."""
+    return use(model, None)

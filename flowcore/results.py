@@ -1,0 +1,104 @@
+"""Append-only JSONL results with a metadata sidecar: a killed run resumes and loses nothing.
+
+``RESULTS.jsonl`` gets one JSON object per finished item, flushed as it is
+written; ``RESULTS.meta.json`` records the command, model, settings, seed,
+date and git commit that produced it. Reopening with the same settings
+resumes (items already written are skipped by id); different settings are
+refused rather than mixed into one file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(settings: dict) -> dict:
+    return {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "settings": settings,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git_commit": git_commit(),
+    }
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Records of a results file; a torn last line (killed mid-write) is dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}:{i + 1}: corrupt results line")
+    return records
+
+
+class ResultsFile:
+    def __init__(self, path: str | Path, settings: dict, key: str = "problem_id", overwrite: bool = False):
+        self.path = Path(path)
+        self.meta_path = self.path.with_suffix(".meta.json")
+        self.key = key
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            self.path.unlink(missing_ok=True)
+            self.meta_path.unlink(missing_ok=True)
+        if self.meta_path.is_file() and self.path.is_file():
+            old = json.loads(self.meta_path.read_text())
+            if old.get("settings") != settings:
+                diff = {k: (old.get("settings", {}).get(k), v) for k, v in settings.items()
+                        if old.get("settings", {}).get(k) != v}
+                raise ValueError(f"{self.path} was made with other settings {diff} (old, new); "
+                                 "use another output path or --overwrite")
+            self.meta = old
+        else:
+            self.meta = provenance(settings)
+        self.records = read_jsonl(self.path)
+        self._rewrite_clean()
+        self._write_meta()
+
+    def _rewrite_clean(self) -> None:
+        # drop a torn last line so appends start on a fresh line
+        if self.path.is_file():
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
+            os.replace(tmp, self.path)
+
+    def _write_meta(self) -> None:
+        tmp = self.meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.meta, indent=2))
+        os.replace(tmp, self.meta_path)
+
+    def done(self) -> set:
+        return {r[self.key] for r in self.records}
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.records.append(record)
+
+    def finish(self, summary: dict) -> None:
+        self.meta["summary"] = summary
+        self.meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self._write_meta()

@@ -1,0 +1,37 @@
+"""Accuracy with 95% intervals, and paired comparisons between two models."""
+from __future__ import annotations
+
+import math
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for k successes in n trials."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def accuracy(correct: list[bool]) -> dict:
+    k, n = sum(bool(c) for c in correct), len(correct)
+    lo, hi = wilson(k, n)
+    return {"n": n, "correct": k, "accuracy": k / n if n else 0.0, "ci95": [lo, hi]}
+
+
+def fmt(acc: dict) -> str:
+    lo, hi = acc["ci95"]
+    return f"{100 * acc['accuracy']:.1f}% ({acc['correct']}/{acc['n']}, 95% CI {100 * lo:.1f}-{100 * hi:.1f})"
+
+
+def mcnemar(a: list[bool], b: list[bool]) -> dict:
+    """Exact McNemar test on paired outcomes (same problems, two models)."""
+    if len(a) != len(b):
+        raise ValueError("paired outcomes must have the same length")
+    only_a = sum(1 for x, y in zip(a, b) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b) if y and not x)
+    n = only_a + only_b
+    k = min(only_a, only_b)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return {"only_a": only_a, "only_b": only_b, "p_value": p}
