@@ -22,4 +22,8 @@ def main(argv: list[str] | None = None) -> int:
 COMMANDS = {
     "model-path": (".models", "main_model_path"),
     "generate": (".generate", "main"),
+    "train": (".train", "main"),
+    "baselines": (".baselines", "main"),
+    "plot": (".plots", "main"),
+    "lm-eval": (".lm_eval_cli", "main"),
 }

@@ -23,6 +23,7 @@ being only a scheduling detail (greedy output is the same as one
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Iterator
@@ -136,12 +137,22 @@ class FlowEngine:
             mask[i, width - len(s):] = 1
         return ids, mask
 
-    @torch.no_grad()
+    @contextlib.contextmanager
+    def _inference(self, role: str | None):
+        """Eval mode (no LoRA dropout) as ``role``; the caller's train/eval mode is restored."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), adapters.use(self.model, role):
+                yield
+        finally:
+            self.model.train(was_training)
+
     def _generate(self, seqs: list[list[int]], temperature: float) -> list[list[int]]:
         """One chunk for each sequence, in one generate call; trimmed after the first eos."""
         ids, mask = self._pad_left(seqs)
         sample = temperature > 0
-        with adapters.use(self.model, self.cfg.answer_role):
+        with self._inference(self.cfg.answer_role):
             out = self.model.generate(
                 input_ids=ids,
                 attention_mask=mask,
@@ -181,7 +192,6 @@ class FlowEngine:
             Chunk(ids, self.decode(ids), eos=bool(ids) and ids[-1] in self.eos_ids) for ids in new
         ]
 
-    @torch.no_grad()
     def stop_probs(self, states: list[FlowState]) -> list[float]:
         """P(Yes) normalised over {Yes, No} at the Stop LLM's first answer token, batched."""
         texts = [prompts.stop_prompt(self.tok, s.problem.question, self.completion(s)) for s in states]
@@ -189,7 +199,7 @@ class FlowEngine:
         for start in range(0, len(texts), self.cfg.batch_size):
             enc = [self.tok(t, add_special_tokens=False).input_ids for t in texts[start:start + self.cfg.batch_size]]
             ids, mask = self._pad_left(enc)
-            with adapters.use(self.model, self.cfg.stop_role):
+            with self._inference(self.cfg.stop_role):
                 logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1, :]
             pair = logits[:, [self.yes_id, self.no_id]].float()
             probs.extend(torch.softmax(pair, dim=-1)[:, 0].tolist())

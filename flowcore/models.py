@@ -267,7 +267,7 @@ def load(model: str = DEFAULT_MODEL, dtype: torch.dtype | str | None = None):
     try:
         tok = AutoTokenizer.from_pretrained(path)
         net = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # OSError, ValueError, SafetensorError, ...: all get the same clear message
         hint = _fix_hint(model) if model in REGISTRY else (
             "Pass an embedded model name "
             f"({', '.join(REGISTRY)}), a local model directory, or a hub id with a network."

@@ -1,0 +1,195 @@
+"""Rollouts and DPO preference pairs for online Flow-DPO (FLOW-DPO.md section 2, items 1-4).
+
+For a batch of problems, ``explore`` does, in order:
+
+1. **The flow** on every problem (``engine.run``, the engine's own decoding:
+   greedy by default). Its trace is the example's progressive-validation
+   prediction, made before any update on the example.
+2. **Answer rollouts** (paper): at every Answer node k (chunk k of the trace),
+   ``rollouts`` new flows start from the prefix ``chunks[:k]``; their chunk k is
+   *sampled* at ``temperature`` and must differ from the original chunk k
+   (``avoid``: the engine resamples a row that reproduces it, up to 4 tries);
+   then the flow (both LLMs) continues to a final answer with the engine's
+   own decoding. Paper: 1 rollout per node; ``rollouts > 1`` is ours. The
+   sampling temperature is ours (the paper does not give one; default 1.0).
+3. **Answer pairs** (paper): when the original and a rollout end with
+   different correctness, node k gives a pair: prompt = Answer prompt + chunks
+   ``[:k]`` (token ids, never re-tokenised), chosen = the chunk on the correct
+   side, rejected = the other. Ties give no pair.
+4. **Stop pairs** (the paper says both LLMs are trained through rollouts; this
+   exact form is ours): at every Stop decision of the original trace (chunk k
+   where the Stop LLM was asked), the counterfactual decision is played out:
+   - the flow went on after k -> counterfactual "stop here": grade the partial
+     answer ``chunks[:k+1]`` as it is;
+   - the flow stopped at k -> counterfactual "continue": run the flow on from
+     ``chunks[:k+1]`` (skipped when k+1 == max_steps: the flow would end
+     with the same answer anyway).
+   If the two outcomes differ in correctness, the decision that led to the
+   correct one is chosen ("Yes" = stop, "No" = continue; the first token of
+   each, as the Stop LLM reads them). Only the original trace's decisions
+   make Stop pairs, not the rollouts' own decisions (ours).
+
+Batching: every rollout and every "continue" counterfactual of every problem
+goes through the engine together: the first (sampled) chunk of all rollouts in
+one ``engine.step`` (split into ``batch_size`` generate calls), then all
+unfinished branches in one ``engine.run`` (continuous batching: a finished
+branch frees its slot for the next).
+
+KV cache: NOT reused. Branches sharing a prefix are re-prefilled from their
+token ids in each generate call (as the engine does for every step). Reusing a
+shared-prefix cache across rows of a batched ``generate`` is not something
+transformers 5.23's ``generate`` offers for left-padded batches of different
+prefixes, and on this CPU the prefill is a small part of a 160-token chunk's
+cost; the benchmark (bench/bench_online.py) measures what batching buys.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from . import grading, prompts
+from .data import Problem
+from .flow import FlowEngine, FlowState, Trace
+
+ROLES = ("answer", "stop")
+
+
+@dataclass
+class Pair:
+    """One DPO preference pair; ``role`` names the adapter it trains."""
+
+    example_id: str
+    role: str  # "answer" | "stop"
+    node: int  # 0-based chunk index in the original trace
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    chosen_text: str
+    rejected_text: str
+    chosen_correct: bool
+    rejected_correct: bool
+    reason: str  # why this pair exists, in words
+
+    def to_dict(self, with_ids: bool = False) -> dict:
+        return {k: v for k, v in vars(self).items() if with_ids or not k.endswith("_ids")}
+
+
+@dataclass
+class Rollout:
+    """One Answer rollout: a different chunk at ``node``, then the flow to its end."""
+
+    node: int
+    chunk_text: str  # the sampled chunk that replaced the original chunk ``node``
+    completion: str  # the whole final answer of the rollout
+    extracted: str | None
+    correct: bool
+    end_reason: str
+
+
+@dataclass
+class Exploration:
+    """Everything one training example produced: its trace, rollouts and pairs."""
+
+    trace: Trace
+    rollouts: list[Rollout]
+    pairs: list[Pair]
+
+
+def _branch(state: FlowState, n_chunks: int) -> FlowState:
+    """A new unfinished flow on the same problem, sharing the first ``n_chunks`` chunks."""
+    return FlowState(state.problem, [replace(c) for c in state.chunks[:n_chunks]])
+
+
+def _outcome(extracted: str | None, correct: bool) -> str:
+    return f"{extracted if extracted is not None else 'no answer'} ({'correct' if correct else 'wrong'})"
+
+
+def stop_prompt_ids(engine: FlowEngine, problem: Problem, answer_ids: list[int]) -> list[int]:
+    """Token ids of the Stop LLM's prompt about a partial answer (as ``engine.stop_probs`` builds it)."""
+    text = prompts.stop_prompt(engine.tok, problem.question, engine.decode(answer_ids))
+    return engine.tok(text, add_special_tokens=False).input_ids
+
+
+def explore(engine: FlowEngine, problems: list[Problem], rollouts: int = 1,
+            temperature: float = 1.0) -> list[Exploration]:
+    """Flow, rollouts and DPO pairs for each problem (same order as ``problems``)."""
+    if rollouts < 0:
+        raise ValueError(f"rollouts must be >= 0, not {rollouts}")
+    originals = [FlowState(p) for p in problems]
+    for _ in engine.run(originals):
+        pass
+    traces = [engine.trace(s) for s in originals]
+
+    # Answer rollouts: (problem index, node, branch), the new chunk must differ from the original's.
+    answer_branches = [(i, k, _branch(s, k)) for i, s in enumerate(originals)
+                       for k in range(len(s.chunks)) for _ in range(rollouts)]
+    avoid = [originals[i].chunks[k].token_ids for i, k, _ in answer_branches]
+    if answer_branches:
+        engine.step([b for _, _, b in answer_branches], avoid=avoid, temperature=temperature)
+
+    # "Continue" counterfactuals of flows the Stop LLM ended (room for another chunk left).
+    continue_branches = [(i, len(s.chunks) - 1, _branch(s, len(s.chunks))) for i, s in enumerate(originals)
+                         if s.end_reason == "stop" and len(s.chunks) < engine.cfg.max_steps]
+
+    for _ in engine.run([b for _, _, b in answer_branches] + [b for _, _, b in continue_branches]):
+        pass
+
+    explorations = [Exploration(t, [], []) for t in traces]
+    prefix = [engine.prompt_ids(s.problem) for s in originals]
+
+    for i, k, b in answer_branches:
+        trace, original = traces[i], originals[i]
+        g = grading.grade(engine.completion(b), b.problem.gold, b.problem.dataset)
+        new, old = b.chunks[k], original.chunks[k]
+        explorations[i].rollouts.append(Rollout(k, new.text, engine.completion(b), g.extracted, g.correct, b.end_reason))
+        if g.correct == trace.correct or new.token_ids == old.token_ids:
+            continue  # a tie (or the sampler could not leave the original chunk): no pair
+        chosen, rejected = (old, new) if trace.correct else (new, old)
+        explorations[i].pairs.append(Pair(
+            example_id=b.problem.id, role="answer", node=k,
+            prompt_ids=prefix[i] + [t for c in original.chunks[:k] for t in c.token_ids],
+            chosen_ids=list(chosen.token_ids), rejected_ids=list(rejected.token_ids),
+            chosen_text=chosen.text, rejected_text=rejected.text,
+            chosen_correct=True, rejected_correct=False,
+            reason=f"rollout at node {k} reached {_outcome(g.extracted, g.correct)}, "
+                   f"original reached {_outcome(trace.extracted, trace.correct)}",
+        ))
+
+    continued = {i: b for i, _, b in continue_branches}
+    for i, (s, trace) in enumerate(zip(originals, traces)):
+        explorations[i].pairs.extend(stop_pairs(engine, s, trace, continued.get(i)))
+    return explorations
+
+
+def stop_pairs(engine: FlowEngine, state: FlowState, trace: Trace,
+               continued: FlowState | None = None) -> list[Pair]:
+    """Stop pairs of one finished flow; ``continued`` is its "continue" counterfactual if it stopped."""
+    yes_id, no_id = engine.yes_id, engine.no_id
+    problem, pairs = state.problem, []
+    for k, chunk in enumerate(state.chunks):
+        if chunk.p_yes is None:
+            continue  # no Stop decision here (the Answer LLM ended its turn, or no Stop LLM)
+        last = k == len(state.chunks) - 1
+        partial = [t for c in state.chunks[:k + 1] for t in c.token_ids]
+        if not last:  # the flow went on; counterfactual: stop here with the partial answer
+            g = grading.grade(engine.decode(partial), problem.gold, problem.dataset)
+            stop_ok, go_ok = g.correct, trace.correct
+            what = (f"stopping at node {k} would give {_outcome(g.extracted, g.correct)}, "
+                    f"continuing gave {_outcome(trace.extracted, trace.correct)}")
+        elif state.end_reason == "stop" and continued is not None:  # counterfactual: continue
+            g = grading.grade(engine.completion(continued), problem.gold, problem.dataset)
+            stop_ok, go_ok = trace.correct, g.correct
+            what = (f"stopping at node {k} gave {_outcome(trace.extracted, trace.correct)}, "
+                    f"continuing would give {_outcome(g.extracted, g.correct)}")
+        else:
+            continue  # the flow had to end here anyway (max_steps): both decisions give one answer
+        if stop_ok == go_ok:
+            continue
+        chosen, rejected = ((yes_id, "Yes"), (no_id, "No")) if stop_ok else ((no_id, "No"), (yes_id, "Yes"))
+        pairs.append(Pair(
+            example_id=problem.id, role="stop", node=k,
+            prompt_ids=stop_prompt_ids(engine, problem, partial),
+            chosen_ids=[chosen[0]], rejected_ids=[rejected[0]],
+            chosen_text=chosen[1], rejected_text=rejected[1],
+            chosen_correct=True, rejected_correct=False, reason=what,
+        ))
+    return pairs

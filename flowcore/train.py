@@ -1,0 +1,330 @@
+"""`python -m flowcore train`: online Flow-DPO with progressive validation (FLOW-DPO.md section 2).
+
+    python -m flowcore train --model qwen2.5-coder-0.5b-instruct --dataset gsm8k --examples 400 --out runs/NAME
+    python -m flowcore train ... --out runs/NAME --resume        # after a kill: continues exactly
+    accelerate launch --cpu --num_processes 2 -m flowcore train ...   # data parallel
+
+The loop, per round of examples (``group_size`` per process):
+
+1. ``rollouts.explore``: the flow on each example (its **progressive
+   validation** prediction: made before any update that uses its pairs), the
+   rollouts, the Answer and Stop pairs.
+2. The round's pairs join one queue per adapter (in example order, the same on
+   every process); each full batch of ``batch_pairs`` pairs is one DPO step of
+   that adapter (``dpo.OnlineDPO``). At the end of the run, leftover pairs make
+   one last, smaller step per adapter (ours: no pair is dropped).
+3. One line per example goes to ``progress.jsonl`` (index, problem id,
+   correct, pairs made, the losses of the steps taken after it, seconds), and
+   its pairs (texts, outcomes, reasons) to ``pairs.jsonl``.
+4. Every ``checkpoint_every`` examples, ``checkpoint.pt`` is replaced
+   atomically (adapters, optimizers, position, RNG states of every process,
+   pending pairs) and the adapters are exported to ``adapters/`` (peft format,
+   for ``generate --adapters``). ``--resume`` reloads it, drops the lines
+   written after it and carries on: no example is trained twice or skipped,
+   and the files come out as in an uninterrupted run (tested).
+
+Progressive validation with rounds: an example is predicted by the adapters as
+they were at the start of its round. With ``group_size 1`` and one process this
+is the paper's model_{i-1}; steps only happen every ``batch_pairs`` pairs
+anyway, so larger rounds change little (ours: rounds buy batched generation).
+
+Examples are a fixed seeded sample of the split (``--seed``), listed in
+``config.json`` so the baselines (``python -m flowcore baselines --run``) run on
+exactly the same ones.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import shutil
+import signal
+import sys
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+
+from . import adapters, data, models, results, stats
+from .dpo import OnlineDPO, OnlineDPOConfig
+from .flow import FlowConfig, FlowEngine
+from .generate import add_flow_args, flow_config
+from .rollouts import ROLES, Pair, explore
+
+PROGRESS, PAIRS, CONFIG, CHECKPOINT, ADAPTERS = "progress.jsonl", "pairs.jsonl", "config.json", "checkpoint.pt", "adapters"
+KILL_ENV = "FLOWCORE_KILL_AFTER"  # testing: SIGKILL this process after it wrote this many progress lines
+
+
+class TrainError(ValueError):
+    """Unusable arguments or run directory; the message says what to do."""
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Processes:
+    """This process's rank and the collectives of ``accelerate launch`` (no-ops in one process)."""
+
+    def __init__(self):
+        from accelerate import PartialState
+
+        self.state = PartialState()
+        self.rank, self.world = self.state.process_index, self.state.num_processes
+
+    def gather(self, items: list) -> list:
+        """Every process's list, concatenated in rank order, on every process."""
+        if self.world == 1:
+            return items
+        from accelerate.utils import gather_object
+
+        return gather_object(items)
+
+    def all_reduce(self, tensor: torch.Tensor) -> None:
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.state.wait_for_everyone()
+
+
+# ---------------------------------------------------------------- run files
+
+
+def example_order(problems: list[data.Problem], n: int, seed: int) -> list[data.Problem]:
+    """A fixed seeded sample of ``n`` problems, in training order."""
+    if not 0 < n <= len(problems):
+        raise TrainError(f"--examples must be between 1 and {len(problems)}, not {n}")
+    return [problems[i] for i in random.Random(seed).sample(range(len(problems)), n)]
+
+
+def append_jsonl(path: Path, records: list[dict]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def truncate_jsonl(path: Path, position: int) -> None:
+    """Keep only the records of examples before ``position`` (written before the checkpoint)."""
+    keep = [r for r in results.read_jsonl(path) if r["index"] < position]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_checkpoint(run: Path, trainer: OnlineDPO, peft_model, position: int, pending: dict,
+                    elapsed: float, procs: Processes) -> None:
+    rng = procs.gather([{"torch": torch.get_rng_state(), "python": random.getstate()}])
+    if procs.rank == 0:
+        blob = {"position": position, "elapsed": elapsed, "world": procs.world, "rng": rng,
+                "pending": {role: [asdict(p) for p in pending[role]] for role in ROLES},
+                "trainer": trainer.state_dict()}
+        tmp = run / (CHECKPOINT + ".tmp")
+        with open(tmp, "wb") as f:
+            torch.save(blob, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, run / CHECKPOINT)
+        # peft-format export for `generate --adapters`; checkpoint.pt stays the source of truth
+        export, old = run / (ADAPTERS + ".tmp"), run / (ADAPTERS + ".old")
+        shutil.rmtree(export, ignore_errors=True)
+        adapters.save(peft_model, export)
+        if (run / ADAPTERS).exists():
+            os.replace(run / ADAPTERS, old)
+        os.replace(export, run / ADAPTERS)
+        shutil.rmtree(old, ignore_errors=True)
+    procs.barrier()
+
+
+def load_checkpoint(run: Path, trainer: OnlineDPO, procs: Processes) -> tuple[int, dict, float]:
+    blob = torch.load(run / CHECKPOINT, weights_only=True)
+    if blob["world"] != procs.world:
+        raise TrainError(f"{run} was checkpointed with {blob['world']} process(es); resume with the same number")
+    trainer.load_state_dict(blob["trainer"])
+    rng = blob["rng"][procs.rank]
+    torch.set_rng_state(rng["torch"])
+    random.setstate(_tuples(rng["python"]))
+    pending = {role: [Pair(**p) for p in blob["pending"][role]] for role in ROLES}
+    return blob["position"], pending, blob["elapsed"]
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def add_dpo_args(p: argparse.ArgumentParser) -> None:
+    """OnlineDPOConfig fields as --flags (``--seed`` is shared with the flow)."""
+    for f in fields(OnlineDPOConfig):
+        if f.name != "seed":
+            p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+
+
+def dpo_config(args: argparse.Namespace) -> OnlineDPOConfig:
+    names = {f.name for f in fields(OnlineDPOConfig)}
+    return OnlineDPOConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m flowcore train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=models.DEFAULT_MODEL,
+                   help=f"embedded name ({', '.join(models.REGISTRY)}), local dir or hub id")
+    p.add_argument("--dataset", choices=data.DATASETS, default="gsm8k")
+    p.add_argument("--split", default="train")
+    p.add_argument("--source", choices=("local", "hub"), default="local")
+    p.add_argument("--examples", type=int, required=True, help="number of training examples (seeded sample)")
+    p.add_argument("--out", required=True, help="run directory (runs/NAME)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run in --out from its checkpoint")
+    add_flow_args(p)
+    add_dpo_args(p)
+    return p.parse_args(argv)
+
+
+def prepare_run(args: argparse.Namespace, argv: list[str], problems: list, flow: FlowConfig,
+                dpo: OnlineDPOConfig, world: int) -> Path:
+    """Create the run directory, or check that --resume matches how it was started."""
+    settings = {"model": args.model, "dataset": args.dataset, "split": args.split, "source": args.source,
+                "examples": args.examples, "seed": dpo.seed, "world_size": world,
+                "flow": asdict(flow), "dpo": asdict(dpo)}
+    run = Path(args.out)
+    config_path = run / CONFIG
+    if args.resume:
+        if not config_path.is_file():
+            raise TrainError(f"nothing to resume: {config_path} does not exist (drop --resume to start the run)")
+        old = json.loads(config_path.read_text())
+        if old["settings"] != settings:
+            diff = {k: (old["settings"].get(k), v) for k, v in settings.items() if old["settings"].get(k) != v}
+            raise TrainError(f"{run} was started with other settings {diff} (old, new); "
+                             "resume with the original arguments or use another --out")
+    else:
+        if config_path.exists() or (run / PROGRESS).exists():
+            raise TrainError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
+        run.mkdir(parents=True, exist_ok=True)
+        config = {**results.provenance(settings), "example_ids": [q.id for q in problems]}
+        config["command"] = "python -m flowcore train " + shlex.join(argv)
+        write_json_atomic(config_path, config)
+    return run
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    procs = Processes()
+    try:
+        flow, dpo = flow_config(args), dpo_config(args)
+        dpo.check()
+        problems = example_order(data.load(args.dataset, args.split, None, args.source), args.examples, dpo.seed)
+        run = prepare_run(args, argv, problems, flow, dpo, procs.world) if procs.rank == 0 else Path(args.out)
+        net, tok = models.load(args.model)
+    except (TrainError, data.DataError, models.ModelError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    procs.barrier()
+    return train(net, tok, problems, run, flow, dpo, procs, resume=args.resume)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train(net, tok, problems: list[data.Problem], run: Path, flow: FlowConfig, dpo: OnlineDPOConfig,
+          procs: Processes, resume: bool = False) -> int:
+    torch.manual_seed(dpo.seed)  # the same LoRA init on every process
+    peft_model = adapters.attach(net, dpo.lora())
+    peft_model.eval()
+    trainer = OnlineDPO(peft_model, tok.pad_token_id, dpo, procs.rank, procs.world, procs.all_reduce)
+    engine = FlowEngine(peft_model, tok, flow)
+    torch.manual_seed(dpo.seed + 1 + procs.rank)  # sampling differs between processes
+    random.seed(dpo.seed + 1 + procs.rank)
+
+    position, pending, elapsed_before = 0, {role: [] for role in ROLES}, 0.0
+    if resume and (run / CHECKPOINT).is_file():
+        position, pending, elapsed_before = load_checkpoint(run, trainer, procs)
+    if procs.rank == 0:
+        for name in (PROGRESS, PAIRS):
+            (run / name).touch()
+            truncate_jsonl(run / name, position)
+    procs.barrier()
+
+    n, round_size = len(problems), dpo.group_size * procs.world
+    kill_after = int(os.environ.get(KILL_ENV, "0"))
+    written, pairs_made, t_start = 0, 0, time.time()
+    last_checkpoint = position
+    done_correct = [r["correct"] for r in results.read_jsonl(run / PROGRESS)] if procs.rank == 0 else []
+    bar = None
+    if procs.rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, initial=position, desc=f"online Flow-DPO x{procs.world}", unit="example")
+
+    while position < n:
+        t0 = time.time()
+        indices = list(range(position, min(n, position + round_size)))
+        mine = indices[procs.rank * dpo.group_size:(procs.rank + 1) * dpo.group_size]
+        explorations = explore(engine, [problems[i] for i in mine], dpo.rollouts, dpo.rollout_temperature)
+        found = procs.gather([(i, x) for i, x in zip(mine, explorations)])
+        found.sort(key=lambda item: item[0])
+        for _, x in found:
+            for p in x.pairs:
+                pending[p.role].append(p)
+
+        steps = []
+        for role in ROLES:
+            while len(pending[role]) >= dpo.batch_pairs:
+                batch, pending[role] = pending[role][:dpo.batch_pairs], pending[role][dpo.batch_pairs:]
+                steps.append(trainer.update(role, batch))
+        position = indices[-1] + 1
+        if position == n:  # the run's last, smaller batch per adapter
+            for role in ROLES:
+                if pending[role]:
+                    steps.append(trainer.update(role, pending[role]))
+                    pending[role] = []
+
+        seconds = time.time() - t0
+        elapsed = elapsed_before + time.time() - t_start
+        if procs.rank == 0:
+            for j, (i, x) in enumerate(found):
+                t = x.trace
+                kinds = [p.role for p in x.pairs]
+                record = {
+                    "index": i, "problem_id": t.problem_id, "correct": t.correct, "extracted": t.extracted,
+                    "gold": t.gold, "n_chunks": len(t.chunks), "end_reason": t.end_reason, "n_tokens": t.n_tokens,
+                    "n_rollouts": len(x.rollouts), "rollouts_correct": sum(r.correct for r in x.rollouts),
+                    "n_answer_pairs": kinds.count("answer"), "n_stop_pairs": kinds.count("stop"),
+                    "losses": steps if j == len(found) - 1 else [],
+                    "seconds": round(seconds / len(found), 3), "elapsed": round(elapsed, 3),
+                }
+                append_jsonl(run / PAIRS, [{"index": i, **p.to_dict()} for p in x.pairs])
+                append_jsonl(run / PROGRESS, [record])
+                written += 1
+                pairs_made += len(x.pairs)
+                done_correct.append(t.correct)
+                if kill_after and written >= kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            acc = stats.accuracy(done_correct)["accuracy"]
+            bar.set_postfix(acc=f"{100 * acc:.1f}%", pairs_s=f"{pairs_made / max(1e-9, time.time() - t_start):.2f}")
+            bar.update(len(found))
+
+        if position - last_checkpoint >= dpo.checkpoint_every or position == n:
+            save_checkpoint(run, trainer, peft_model, position, pending, elapsed, procs)
+            last_checkpoint = position
+
+    if procs.rank == 0:
+        bar.close()
+        records = results.read_jsonl(run / PROGRESS)
+        acc = stats.accuracy([r["correct"] for r in records])
+        n_pairs = sum(r["n_answer_pairs"] + r["n_stop_pairs"] for r in records)
+        print(f"online Flow-DPO: progressive accuracy {stats.fmt(acc)}; {n_pairs / max(1, len(records)):.2f} pairs "
+              f"per example; steps {trainer.steps}; files in {run}")
+    return 0

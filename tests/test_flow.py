@@ -1,0 +1,140 @@
+"""The batched Answer/Stop flow on a tiny random model."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+from flowcore import adapters, prompts
+from flowcore.data import Problem
+from flowcore.flow import FlowConfig, FlowEngine, FlowState, zero_shot_config
+
+
+def problems(n):
+    return [Problem(f"p{i}", "gsm8k", f"What is {i} plus {i}? " * (1 + i % 3), str(2 * i), "") for i in range(n)]
+
+
+def test_flow_runs_every_problem_once_with_more_problems_than_batch(tiny):
+    model, tok = tiny
+    engine = FlowEngine(model, tok, FlowConfig(chunk_size=6, max_steps=3, batch_size=3, stop_threshold=1.0))
+    traces = list(engine.solve(problems(7)))
+    assert sorted(t.problem_id for t in traces) == [f"p{i}" for i in range(7)]
+    for t in traces:
+        assert t.end_reason in ("eos", "max_steps")
+        assert len(t.chunks) <= 3 and all(c["n_tokens"] <= 6 for c in t.chunks)
+        if t.end_reason == "max_steps":
+            assert len(t.chunks) == 3 and all(c["p_yes"] is not None for c in t.chunks)
+    # 7 flows x up to 3 chunks in batches of <= 3 active flows
+    assert engine.stats["answer_calls"] < 7 * 3
+
+
+def test_stop_threshold_zero_stops_after_one_chunk(tiny):
+    model, tok = tiny
+    engine = FlowEngine(model, tok, FlowConfig(chunk_size=5, max_steps=4, stop_threshold=0.0))
+    for t in engine.solve(problems(3)):
+        assert len(t.chunks) == 1 and t.end_reason in ("stop", "eos")
+
+
+def test_batched_flow_equals_one_at_a_time(tiny):
+    model, tok = tiny
+    cfg = FlowConfig(chunk_size=5, max_steps=3, stop_threshold=1.0)
+    batched = {t.problem_id: t for t in FlowEngine(model, tok, replace(cfg, batch_size=8)).solve(problems(5))}
+    single = {t.problem_id: t for t in FlowEngine(model, tok, replace(cfg, batch_size=1)).solve(problems(5))}
+    assert {k: v.completion for k, v in batched.items()} == {k: v.completion for k, v in single.items()}
+
+
+def test_chunked_zero_shot_equals_one_generate_call(tiny):
+    model, tok = tiny
+    engine = FlowEngine(model, tok, zero_shot_config(FlowConfig(chunk_size=4, max_steps=5, batch_size=1)))
+    p = problems(1)[0]
+    (state,) = list(engine.run([FlowState(p)]))
+    ids = torch.tensor([engine.prompt_ids(p)])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    direct = out[0, ids.shape[1]:].tolist()
+    if tok.eos_token_id in direct:
+        direct = direct[: direct.index(tok.eos_token_id) + 1]
+    assert state.answer_ids() == direct
+    assert all(c.p_yes is None for c in state.chunks)  # no Stop LLM in zero-shot
+
+
+def test_stop_probability_is_the_yes_no_softmax(tiny):
+    model, tok = tiny
+    engine = FlowEngine(model, tok, FlowConfig(chunk_size=4))
+    state = FlowState(problems(1)[0])
+    engine.step([state])
+    p = engine.stop_probs([state])[0]
+    ids = tok(prompts.stop_prompt(tok, state.problem.question, engine.completion(state)), return_tensors="pt",
+              add_special_tokens=False).input_ids
+    with torch.no_grad():
+        logits = model(ids).logits[0, -1]
+    yes, no = prompts.yes_no_ids(tok)
+    expected = torch.softmax(logits[[yes, no]].float(), 0)[0].item()
+    assert p == pytest.approx(expected, abs=1e-5)
+
+
+def test_eos_ends_the_flow(tiny):
+    model, tok = tiny
+    with torch.no_grad():  # make end-of-turn the most likely token everywhere
+        model.lm_head.weight[tok.eos_token_id] += 100 * model.lm_head.weight.abs().max()
+        model.model.norm.weight.fill_(1.0)
+    model.lm_head.bias = None
+    engine = FlowEngine(model, tok, FlowConfig(chunk_size=8, max_steps=4, stop_threshold=1.0))
+    (t,) = list(engine.solve(problems(1)))
+    assert t.end_reason == "eos" and len(t.chunks) == 1
+
+
+def test_avoid_resamples_a_different_chunk(tiny):
+    model, tok = tiny
+    engine = FlowEngine(model, tok, FlowConfig(chunk_size=6, temperature=1.0))
+    torch.manual_seed(0)
+    states = [FlowState(p) for p in problems(4)]
+    first = engine.generate_chunks(states)
+    again = engine.generate_chunks(states, avoid=[c.token_ids for c in first])
+    assert all(a.token_ids != b.token_ids for a, b in zip(first, again))
+
+
+def test_trace_is_graded(tiny):
+    model, tok = tiny
+    engine = FlowEngine(model, tok, FlowConfig(chunk_size=4, max_steps=1))
+    (t,) = list(engine.solve(problems(1)))
+    d = t.to_dict()
+    assert d["problem_id"] == "p0" and d["correct"] is False and d["n_tokens"] == sum(c["n_tokens"] for c in d["chunks"])
+
+
+def test_two_adapters_share_one_base(tiny, tmp_path):
+    model, tok = tiny
+    base_params = sum(p.numel() for p in model.parameters())
+    peft_model = adapters.attach(model).eval()  # eval: no LoRA dropout
+    assert set(peft_model.peft_config) == {"answer", "stop"}
+    lora = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
+    assert sum(p.numel() for p in peft_model.parameters()) == base_params + lora  # no second base copy
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        with adapters.reference(peft_model):
+            ref = peft_model(ids).logits
+        for n, p in peft_model.named_parameters():  # perturb only the answer adapter
+            if "lora_B" in n and ".answer." in n:
+                p.add_(0.5)
+        with adapters.use(peft_model, "answer"):
+            ans = peft_model(ids).logits
+        with adapters.use(peft_model, "stop"):
+            stop = peft_model(ids).logits
+        with adapters.reference(peft_model):
+            ref_again = peft_model(ids).logits
+    assert not torch.allclose(ans, ref) and torch.allclose(stop, ref) and torch.equal(ref, ref_again)
+
+    adapters.save(peft_model, tmp_path / "ad")
+    assert (tmp_path / "ad" / "answer" / "adapter_config.json").is_file()
+    assert (tmp_path / "ad" / "stop" / "adapter_config.json").is_file()
+    from conftest import build_tiny_model
+
+    reloaded = adapters.load(build_tiny_model(tok), tmp_path / "ad")
+    with torch.no_grad(), adapters.use(reloaded, "answer"):
+        assert torch.allclose(reloaded(ids).logits, ans, atol=1e-6)
+
+
+def test_missing_adapter_dir_is_a_clear_error(tiny, tmp_path):
+    model, _ = tiny
+    with pytest.raises(FileNotFoundError, match="answer"):
+        adapters.load(model, tmp_path)

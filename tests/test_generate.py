@@ -1,0 +1,60 @@
+"""`python -m flowcore generate`: traces JSONL, resume after a kill, settings guard."""
+import json
+
+import pytest
+
+from flowcore import generate
+from flowcore.results import read_jsonl
+
+
+@pytest.fixture
+def tiny_dir(tiny, tmp_path):
+    model, tok = tiny
+    path = tmp_path / "tiny-model"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def _args(model_dir, out, *extra):
+    return ["--model", model_dir, "--dataset", "gsm8k", "--split", "test", "--limit", "5", "--chunk-size", "4",
+            "--max-steps", "2", "--batch-size", "2", "--out", str(out), *extra]
+
+
+def test_generate_writes_traces_and_resumes_after_a_kill(tiny_dir, tmp_path, capsys):
+    full = tmp_path / "full.jsonl"
+    assert generate.main(_args(tiny_dir, full)) == 0
+    assert "accuracy" in capsys.readouterr().out
+    records = read_jsonl(full)
+    assert sorted(r["problem_id"] for r in records) == [f"gsm8k/test/{i}" for i in range(5)]
+    meta = json.loads(full.with_suffix(".meta.json").read_text())
+    assert meta["settings"]["flow"]["chunk_size"] == 4 and meta["summary"]["n"] == 5 and meta["git_commit"] is not None
+
+    # a run killed after two traces, mid-way through writing the third
+    killed = tmp_path / "killed.jsonl"
+    killed.write_text("".join(json.dumps(r) + "\n" for r in records[:2]) + '{"problem_id": "gsm8k/te')
+    killed.with_suffix(".meta.json").write_text(full.with_suffix(".meta.json").read_text())
+    assert generate.main(_args(tiny_dir, killed)) == 0
+    resumed = read_jsonl(killed)
+    assert len(resumed) == 5
+    key = lambda r: r["problem_id"]
+    assert sorted(resumed, key=key) == sorted(records, key=key)
+
+
+def test_other_settings_are_refused_not_mixed(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "t.jsonl"
+    assert generate.main(_args(tiny_dir, out)) == 0
+    assert generate.main(_args(tiny_dir, out, "--temperature", "0.7")) == 1
+    assert "other settings" in capsys.readouterr().err
+    assert len(read_jsonl(out)) == 5
+
+
+def test_zero_shot_mode_has_no_stop_decisions(tiny_dir, tmp_path):
+    out = tmp_path / "z.jsonl"
+    assert generate.main(_args(tiny_dir, out, "--mode", "zero-shot")) == 0
+    assert all(c["p_yes"] is None for r in read_jsonl(out) for c in r["chunks"])
+
+
+def test_bad_model_is_a_clear_error(tmp_path, capsys):
+    assert generate.main(_args(str(tmp_path), tmp_path / "x.jsonl")) == 1
+    assert "could not load model" in capsys.readouterr().err

@@ -1,0 +1,94 @@
+"""Embedded models: join + verify, clear errors, and the real smollm2 path (integration)."""
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flowcore import models
+from flowcore.data import Problem
+from flowcore.flow import FlowConfig, FlowEngine
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fake_spec(sha256: str, size: int) -> models.EmbeddedModel:
+    # "parts" taken from an installed package, the way an installed model package is found
+    import tqdm
+
+    inner = "tqdm/__init__.py"
+    return models.EmbeddedModel("fake", (("tqdm", tqdm.__version__, inner), ("tqdm", tqdm.__version__, inner)),
+                                "fake.gguf", size, sha256)
+
+
+def test_parts_are_joined_in_order_and_verified(tmp_path):
+    import tqdm
+
+    part = (Path(tqdm.__file__)).read_bytes()
+    joined = part + part
+    spec = _fake_spec(hashlib.sha256(joined).hexdigest(), len(joined))
+    out = models.fetch_gguf(spec, tmp_path)
+    assert out.read_bytes() == joined
+
+
+def test_checksum_mismatch_is_one_clear_error(tmp_path):
+    import tqdm
+
+    size = 2 * len(Path(tqdm.__file__).read_bytes())
+    with pytest.raises(models.ModelError, match=r"expected .* Fix:"):
+        models.fetch_gguf(_fake_spec("0" * 64, size), tmp_path)
+    assert not (tmp_path / "fake.gguf").exists()  # a bad file is not left behind
+
+
+def test_unknown_model_name_and_bad_path_are_clear_errors(tmp_path):
+    with pytest.raises(models.ModelError, match="unknown embedded model"):
+        models.ensure_model("gpt-5")
+    bad = tmp_path / "not-a-model"
+    bad.mkdir()
+    with pytest.raises(models.ModelError, match="could not load model"):
+        models.load(str(bad))
+
+
+def test_fast_dtype_is_a_float_type():
+    import torch
+
+    assert models.fast_dtype() in (torch.float32, torch.bfloat16)
+
+
+@pytest.mark.integration
+def test_smollm2_fetch_convert_load_and_flow(smol):
+    model, tok = smol
+    path = models.converted_dir(models.TEST_MODEL)
+    meta = json.loads((path / "flowcore_model.json").read_text())
+    assert meta["gguf_sha256"] == models.REGISTRY[models.TEST_MODEL].sha256
+    assert (path / "model.safetensors").is_file() and tok.eos_token == "<|im_end|>"
+    problems = [Problem(f"q{i}", "gsm8k", q, g, "") for i, (q, g) in
+                enumerate([("What is 2 + 3?", "5"), ("What is 10 - 4?", "6"), ("What is 3 * 3?", "9")])]
+    engine = FlowEngine(model, tok, FlowConfig(chunk_size=24, max_steps=2, batch_size=3))
+    traces = list(engine.solve(problems))
+    assert sorted(t.problem_id for t in traces) == ["q0", "q1", "q2"]
+    for t in traces:
+        assert t.n_tokens > 0 and t.completion.strip() and t.end_reason in ("stop", "eos", "max_steps")
+        assert all(c["p_yes"] is None or 0 <= c["p_yes"] <= 1 for c in t.chunks)
+
+
+@pytest.mark.integration
+def test_model_path_command_prints_the_converted_dir(smol):
+    out = subprocess.run([sys.executable, "-m", "flowcore", "model-path", models.TEST_MODEL],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == str(models.converted_dir(models.TEST_MODEL))
+
+
+@pytest.mark.integration
+def test_corrupt_converted_model_gives_a_fix_hint(smol, tmp_path, monkeypatch):
+    import shutil
+
+    real = models.converted_dir(models.TEST_MODEL)
+    monkeypatch.setenv("FLOWCORE_CACHE", str(tmp_path))
+    damaged = models.converted_dir(models.TEST_MODEL)
+    shutil.copytree(real, damaged)
+    (damaged / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(models.ModelError, match="Fix:"):
+        models.load(models.TEST_MODEL)
