@@ -89,6 +89,8 @@ def sequence_logps(model, prompts: list[list[int]], completions: list[list[int]]
         ids[i, width - len(s):] = torch.tensor(s)
         mask[i, width - len(s):] = 1
         cmask[i, cmax - len(c):] = 1
+    device = next(model.parameters()).device
+    ids, mask, cmask = ids.to(device), mask.to(device), cmask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
                    logits_to_keep=cmax + 1).logits[:, :-1].float()  # predicts the last cmax tokens

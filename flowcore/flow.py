@@ -135,7 +135,8 @@ class FlowEngine:
         for i, s in enumerate(seqs):
             ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
             mask[i, width - len(s):] = 1
-        return ids, mask
+        device = getattr(self.model, "device", torch.device("cpu"))
+        return ids.to(device), mask.to(device)
 
     @contextlib.contextmanager
     def _inference(self, role: str | None):

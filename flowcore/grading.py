@@ -4,7 +4,8 @@ Extraction is anchored, never "the last number in the text": a partial answer
 such as "Step 2: add the eggs" has no answer. In order of priority:
   1. the content of the last ``\\boxed{...}`` (balanced braces; ``\\fbox`` too);
   2. the last "answer is X" / "answer: X" / "#### X" (up to the end of the line).
-A completion with neither is ungraded = incorrect.
+A completion with neither is ungraded = incorrect; so is one whose box was cut
+off mid-way (``answer is \\boxed{4`` at a chunk boundary).
 
 Judging:
   * gsm8k: numeric. The last number of the extracted span (``$``, commas,
@@ -73,8 +74,8 @@ def extract_answer(completion: str) -> str | None:
     anchors = list(_ANCHOR.finditer(completion))
     for m in reversed(anchors):
         span = _clean_span(m.group("ans"))
-        inner = last_boxed(span)
-        span = inner if inner else span
+        if _BOXED.search(span):
+            span = last_boxed(span)  # None if the box was cut off: an unfinished answer is no answer
         if span:
             return span
     return None

@@ -255,7 +255,7 @@ DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32, "f
 def load(model: str = DEFAULT_MODEL, dtype: torch.dtype | str | None = None):
     """Load (model, tokenizer) for generation: left padding, a pad token, eos set.
 
-    ``dtype`` None/"auto" picks ``fast_dtype()``.
+    ``dtype`` None/"auto" picks ``fast_dtype()``; the model goes to the GPU when there is one.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -275,6 +275,8 @@ def load(model: str = DEFAULT_MODEL, dtype: torch.dtype | str | None = None):
         raise ModelError(f"could not load model {model!r} from {path}: {e}\n{hint}") from e
     prepare_tokenizer(tok)
     net.generation_config.pad_token_id = tok.pad_token_id
+    if torch.cuda.is_available():
+        net.to("cuda")
     net.eval()
     print(f"[flowcore] loaded {model} ({sum(p.numel() for p in net.parameters())/1e6:.0f}M params, "
           f"{dtype}) in {time.time() - t0:.1f}s", file=sys.stderr)

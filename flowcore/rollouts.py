@@ -35,12 +35,14 @@ one ``engine.step`` (split into ``batch_size`` generate calls), then all
 unfinished branches in one ``engine.run`` (continuous batching: a finished
 branch frees its slot for the next).
 
-KV cache: NOT reused. Branches sharing a prefix are re-prefilled from their
-token ids in each generate call (as the engine does for every step). Reusing a
-shared-prefix cache across rows of a batched ``generate`` is not something
-transformers 5.23's ``generate`` offers for left-padded batches of different
-prefixes, and on this CPU the prefill is a small part of a 160-token chunk's
-cost; the benchmark (bench/bench_online.py) measures what batching buys.
+KV cache: NOT reused (re-prefill). Each branch's prompt + prefix is prefilled
+again in every generate call, as the engine does for every step of every flow.
+transformers' ``generate`` accepts a precomputed ``past_key_values``, but
+sharing one prefix's cache across rows of a left-padded batch whose rows have
+different prefixes needs cache copying and re-alignment that we did not build.
+We expect decoding (up to 160 tokens per chunk, one token per forward pass)
+to cost more than the re-prefill, but did not measure the split; what
+bench/bench_online.py measures is the batching above.
 """
 from __future__ import annotations
 
@@ -134,30 +136,38 @@ def explore(engine: FlowEngine, problems: list[Problem], rollouts: int = 1,
         pass
 
     explorations = [Exploration(t, [], []) for t in traces]
-    prefix = [engine.prompt_ids(s.problem) for s in originals]
-
     for i, k, b in answer_branches:
-        trace, original = traces[i], originals[i]
-        g = grading.grade(engine.completion(b), b.problem.gold, b.problem.dataset)
-        new, old = b.chunks[k], original.chunks[k]
-        explorations[i].rollouts.append(Rollout(k, new.text, engine.completion(b), g.extracted, g.correct, b.end_reason))
-        if g.correct == trace.correct or new.token_ids == old.token_ids:
-            continue  # a tie (or the sampler could not leave the original chunk): no pair
-        chosen, rejected = (old, new) if trace.correct else (new, old)
-        explorations[i].pairs.append(Pair(
-            example_id=b.problem.id, role="answer", node=k,
-            prompt_ids=prefix[i] + [t for c in original.chunks[:k] for t in c.token_ids],
-            chosen_ids=list(chosen.token_ids), rejected_ids=list(rejected.token_ids),
-            chosen_text=chosen.text, rejected_text=rejected.text,
-            chosen_correct=True, rejected_correct=False,
-            reason=f"rollout at node {k} reached {_outcome(g.extracted, g.correct)}, "
-                   f"original reached {_outcome(trace.extracted, trace.correct)}",
-        ))
+        rollout, pair = answer_pair(engine, originals[i], traces[i], k, b)
+        explorations[i].rollouts.append(rollout)
+        if pair is not None:
+            explorations[i].pairs.append(pair)
 
     continued = {i: b for i, _, b in continue_branches}
     for i, (s, trace) in enumerate(zip(originals, traces)):
         explorations[i].pairs.extend(stop_pairs(engine, s, trace, continued.get(i)))
     return explorations
+
+
+def answer_pair(engine: FlowEngine, original: FlowState, trace: Trace, k: int,
+                branch: FlowState) -> tuple[Rollout, Pair | None]:
+    """The Rollout of a finished branch that replaced chunk ``k``, and its Answer pair (None on a tie)."""
+    problem = original.problem
+    completion = engine.completion(branch)
+    g = grading.grade(completion, problem.gold, problem.dataset)
+    new, old = branch.chunks[k], original.chunks[k]
+    rollout = Rollout(k, new.text, completion, g.extracted, g.correct, branch.end_reason)
+    if g.correct == trace.correct or new.token_ids == old.token_ids:
+        return rollout, None  # a tie (or the sampler could not leave the original chunk): no pair
+    chosen, rejected = (old, new) if trace.correct else (new, old)
+    return rollout, Pair(
+        example_id=problem.id, role="answer", node=k,
+        prompt_ids=engine.prompt_ids(problem) + [t for c in original.chunks[:k] for t in c.token_ids],
+        chosen_ids=list(chosen.token_ids), rejected_ids=list(rejected.token_ids),
+        chosen_text=chosen.text, rejected_text=rejected.text,
+        chosen_correct=True, rejected_correct=False,
+        reason=f"rollout at node {k} reached {_outcome(g.extracted, g.correct)}, "
+               f"original reached {_outcome(trace.extracted, trace.correct)}",
+    )
 
 
 def stop_pairs(engine: FlowEngine, state: FlowState, trace: Trace,

@@ -2,7 +2,7 @@
 
     python -m flowcore train --model qwen2.5-coder-0.5b-instruct --dataset gsm8k --examples 400 --out runs/NAME
     python -m flowcore train ... --out runs/NAME --resume        # after a kill: continues exactly
-    accelerate launch --cpu --num_processes 2 -m flowcore train ...   # data parallel
+    accelerate launch --multi_gpu --num_processes 2 -m flowcore train ...   # data parallel (CPU too)
 
 The loop, per round of examples (``group_size`` per process):
 
@@ -71,7 +71,10 @@ class Processes:
     def __init__(self):
         from accelerate import PartialState
 
-        self.state = PartialState()
+        # Without CUDA, processes started by `accelerate launch --multi_gpu` (torchrun) join a gloo
+        # group only when told they are CPU processes. (`accelerate launch --cpu --num_processes N`
+        # starts ONE process in accelerate 1.15 unless given an MPI hostfile.)
+        self.state = PartialState(cpu=not torch.cuda.is_available())
         self.rank, self.world = self.state.process_index, self.state.num_processes
 
     def gather(self, items: list) -> list:
@@ -98,6 +101,13 @@ def example_order(problems: list[data.Problem], n: int, seed: int) -> list[data.
     if not 0 < n <= len(problems):
         raise TrainError(f"--examples must be between 1 and {len(problems)}, not {n}")
     return [problems[i] for i in random.Random(seed).sample(range(len(problems)), n)]
+
+
+def load_problems(dataset: str, split: str, source: str = "local", data_file: str | None = None) -> list:
+    """The split's problems, or those of a JSONL file (ids ``<dataset>/custom/<line>``)."""
+    if data_file:
+        return data.read_jsonl(data_file, dataset, "custom")
+    return data.load(dataset, split, None, source)
 
 
 def append_jsonl(path: Path, records: list[dict]) -> None:
@@ -185,6 +195,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dataset", choices=data.DATASETS, default="gsm8k")
     p.add_argument("--split", default="train")
     p.add_argument("--source", choices=("local", "hub"), default="local")
+    p.add_argument("--data-file", default=None,
+                   help="train on this JSONL of GSM8K-style (question, answer with '#### N') or MATH-style rows "
+                        "instead of --split")
     p.add_argument("--examples", type=int, required=True, help="number of training examples (seeded sample)")
     p.add_argument("--out", required=True, help="run directory (runs/NAME)")
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out from its checkpoint")
@@ -197,7 +210,7 @@ def prepare_run(args: argparse.Namespace, argv: list[str], problems: list, flow:
                 dpo: OnlineDPOConfig, world: int) -> Path:
     """Create the run directory, or check that --resume matches how it was started."""
     settings = {"model": args.model, "dataset": args.dataset, "split": args.split, "source": args.source,
-                "examples": args.examples, "seed": dpo.seed, "world_size": world,
+                "data_file": args.data_file, "examples": args.examples, "seed": dpo.seed, "world_size": world,
                 "flow": asdict(flow), "dpo": asdict(dpo)}
     run = Path(args.out)
     config_path = run / CONFIG
@@ -225,21 +238,24 @@ def main(argv: list[str]) -> int:
     try:
         flow, dpo = flow_config(args), dpo_config(args)
         dpo.check()
-        problems = example_order(data.load(args.dataset, args.split, None, args.source), args.examples, dpo.seed)
+        problems = example_order(load_problems(args.dataset, args.split, args.source, args.data_file),
+                                 args.examples, dpo.seed)
         run = prepare_run(args, argv, problems, flow, dpo, procs.world) if procs.rank == 0 else Path(args.out)
         net, tok = models.load(args.model)
     except (TrainError, data.DataError, models.ModelError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     procs.barrier()
-    return train(net, tok, problems, run, flow, dpo, procs, resume=args.resume)
+    train(net, tok, problems, run, flow, dpo, procs, resume=args.resume)
+    return 0
 
 
 # ---------------------------------------------------------------- the loop
 
 
 def train(net, tok, problems: list[data.Problem], run: Path, flow: FlowConfig, dpo: OnlineDPOConfig,
-          procs: Processes, resume: bool = False) -> int:
+          procs: Processes, resume: bool = False) -> dict:
+    """Run (or resume) the online loop over ``problems``; returns a summary of this process's work."""
     torch.manual_seed(dpo.seed)  # the same LoRA init on every process
     peft_model = adapters.attach(net, dpo.lora())
     peft_model.eval()
@@ -320,11 +336,20 @@ def train(net, tok, problems: list[data.Problem], run: Path, flow: FlowConfig, d
             save_checkpoint(run, trainer, peft_model, position, pending, elapsed, procs)
             last_checkpoint = position
 
+    # every process must hold the same adapters (same batches, summed gradients): check it
+    checksum = sum(float(p.detach().double().sum()) for role in ROLES for p in trainer.params[role])
+    checksums = procs.gather([checksum])
+    if len(set(checksums)) > 1:
+        raise RuntimeError(f"processes ended with different adapters: {checksums}")
+    summary = {"steps": dict(trainer.steps), "generated_tokens": engine.stats["generated_tokens"]}
     if procs.rank == 0:
         bar.close()
+        if procs.world > 1:
+            print(f"{procs.world} processes hold identical adapters (checksum {checksum:.6g})")
         records = results.read_jsonl(run / PROGRESS)
         acc = stats.accuracy([r["correct"] for r in records])
         n_pairs = sum(r["n_answer_pairs"] + r["n_stop_pairs"] for r in records)
+        summary.update(accuracy=acc, pairs=n_pairs)
         print(f"online Flow-DPO: progressive accuracy {stats.fmt(acc)}; {n_pairs / max(1, len(records)):.2f} pairs "
               f"per example; steps {trainer.steps}; files in {run}")
-    return 0
+    return summary

@@ -30,6 +30,7 @@ def test_every_gold_solution_grades_correct(dataset, split):
     ("\\boxed{7} at first, then \\boxed{18}", "18", True),  # the last box counts
     ("\\boxed{18} at first, then \\boxed{7}", "18", False),
     ("", "18", False),
+    ("The answer is \\boxed{18", "18", False),  # box cut off at a chunk boundary: no answer yet
 ])
 def test_gsm8k_table(completion, gold, expected):
     assert grading.is_correct(completion, gold, "gsm8k") is expected
@@ -68,6 +69,7 @@ def test_extraction_is_anchored():
     assert grading.extract_answer("The final answer is $\\boxed{5}$.") == "5"
     assert grading.last_boxed("\\boxed{a{b}c}") == "a{b}c"
     assert grading.last_boxed("\\boxed{unclosed") is None
+    assert grading.extract_answer("so the answer is \\boxed{4") is None
 
 
 def test_math_grading_off_the_main_thread():

@@ -1,0 +1,45 @@
+"""Tab 2, Flow: the Answer/Stop flow live, then its rollouts and the DPO pairs they give."""
+from __future__ import annotations
+
+import gradio as gr
+
+from . import render
+from .problem_picker import Picker, problem_or_error
+from .services import DemoService
+
+
+def build(service: DemoService) -> None:
+    with gr.Tab("Flow", id="flow"):
+        if service.flow_adapters is not None:
+            status = f"Flow adapters: trained, from `{service.flow_adapters}`."
+        else:
+            status = (f"⚠️ **This flow is untrained**: no online-DPO run was found under `{service.cfg.runs_dir}/`, "
+                      f"so the Answer and Stop LLMs are the base model with fresh (zero-effect) adapters. "
+                      f"Train them with `{service.train_command}`.")
+        gr.Markdown("The Answer LLM writes a chunk, the Stop LLM reads the partial answer and says Yes (stop) or "
+                    "No (go on); repeat. Then, at every node, rollouts sample a different chunk and play the flow "
+                    "out: where the outcome differs, the node gives a DPO pair.  \n" + status)
+        picker = Picker(service, "flow")
+        with gr.Row():
+            chunk_size = gr.Slider(8, 160, value=32, step=8, label="Chunk size (tokens)", elem_id="chunk-size",
+                                   info="paper: 160")
+            max_steps = gr.Slider(1, 12, value=6, step=1, label="Max steps (chunks)", info="paper: 6")
+            rollouts = gr.Slider(0, 4, value=1, step=1, label="Rollouts per node", info="paper: 1; 0 = skip")
+        with gr.Accordion("More settings", open=False):
+            temperature = gr.Slider(0.1, 1.5, value=service.cfg.rollout_temperature, step=0.1,
+                                    label="Rollout temperature", info="the flow itself is greedy")
+        run = gr.Button("Run the flow", variant="primary", elem_id="run-flow")
+        status_md = gr.Markdown(label="Status", elem_id="flow-status")
+        chunks = gr.HTML(render.flow_chunks_placeholder(), label="Chunks", elem_id="flow-chunks")
+        gr.Markdown("#### Rollouts and DPO pairs")
+        pairs = gr.HTML(render.rollouts_placeholder(), label="Rollouts", elem_id="flow-rollouts")
+
+        def run_flow(problem_set, index, question, gold, chunk, steps, n_rollouts, temp):
+            problem, notice = problem_or_error(service, problem_set, index, question, gold)
+            for view in service.run_flow(problem, chunk, steps, n_rollouts, temp):
+                status = render.flow_status(view)
+                yield (render.notice(notice) + "  \n" + status if notice else status,
+                       render.flow_chunks(view), render.rollouts_html(view))
+
+        run.click(run_flow, [*picker.inputs, chunk_size, max_steps, rollouts, temperature], [status_md, chunks, pairs],
+                  api_name="flow", concurrency_id="model")

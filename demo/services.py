@@ -1,0 +1,359 @@
+"""Everything the app does with the model, the data and the result files; no Gradio here.
+
+One base model is loaded once. On it, as named peft adapters of ONE PeftModel:
+  * ``answer`` / ``stop``: the Flow's adapters, from an online-DPO run
+    (default: the newest ``runs/*/adapters``) or fresh untrained ones (LoRA B
+    starts at 0, so an untrained flow is the base model in both roles);
+  * ``sft_ground_truth`` / ``sft_self_generated`` / ``sft_flow_generated``: the
+    compiled (SFT) models of FLOW-DPO.md section 3, from
+    ``<results_dir>/sft/<source>/`` when those exist.
+The zero-shot column is the same model with adapters disabled.
+
+The model is shared by every user; adapters are switched per call, so each
+model step runs under one lock (the Gradio queue also runs model events one
+at a time).
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from flowcore import adapters, data, models
+from flowcore.data import DataError, Problem
+from flowcore.flow import Chunk, FlowConfig, FlowEngine, FlowState, Trace
+
+REPRODUCE_CMD = "python -m flowcore reproduce --preset cpu"
+TRAIN_CMD = "python -m flowcore train --model {model} --dataset gsm8k --examples 400 --out runs/NAME"
+
+SFT_SOURCES = {  # source -> column label (FLOW-DPO.md Table 1)
+    "ground_truth": "SFT ground truth",
+    "self_generated": "SFT self-generated",
+    "flow_generated": "SFT Flow-generated",
+}
+ZERO_SHOT = "zero_shot"
+COLUMNS = {ZERO_SHOT: "0-shot (base model)", **SFT_SOURCES}
+
+PROBLEM_SETS = {"GSM8K test": ("gsm8k", "test"), "MATH test500": ("math", "test500")}
+
+# Paper Table 1 (accuracy %), Deng & Mineiro 2024, arXiv 2410.22304 (see FLOW-DPO.md).
+PAPER_TABLE1 = [
+    {"model": "Llama-3-8B-Instruct", "data": "GSM8K", "0-shot": 48.9, "SFT ground truth": 67.2,
+     "SFT self-generated": 68.8, "SFT Flow-generated": 71.3},
+    {"model": "Llama-3-8B-Instruct", "data": "MATH", "0-shot": 22.3, "SFT ground truth": 25.1,
+     "SFT self-generated": 24.2, "SFT Flow-generated": 27.8},
+    {"model": "Phi-3-medium", "data": "MATH", "0-shot": 35.4, "SFT ground truth": 36.3,
+     "SFT self-generated": 36.5, "SFT Flow-generated": 38.6},
+]
+
+
+class InputError(ValueError):
+    """Unusable user input; the message is shown in the UI as it is."""
+
+
+@dataclass
+class DemoConfig:
+    """Settings of the app (``app.py`` flags map onto these)."""
+
+    model: str = models.DEFAULT_MODEL  # embedded name, local dir or hub id
+    results_dir: str = "results/cpu"  # SFT adapters at <results_dir>/sft/<source>/ (issue 5's cpu preset)
+    results_root: str = "results"  # result tables at <results_root>/*/table.json
+    runs_dir: str = "runs"  # online-DPO runs at <runs_dir>/<name>/ (issue 4)
+    flow_adapters: str | None = None  # answer/ + stop/ dir; None: newest <runs_dir>/*/adapters, else untrained
+    max_question_tokens: int = 768  # longer problems are truncated (with a notice)
+    compare_chunk_size: int = 32  # Compare streams in chunks of this many tokens
+    compare_max_tokens: int = 320  # default answer length in Compare
+    rollout_temperature: float = 1.0  # sampling temperature of rollouts (random rollouts, paper section 2)
+
+
+# ---------------------------------------------------------------- what the UI shows
+
+@dataclass
+class Answer:
+    """One Compare column."""
+
+    key: str  # zero_shot | ground_truth | self_generated | flow_generated
+    label: str
+    status: str = "waiting"  # waiting | running | done | missing
+    text: str = ""
+    n_tokens: int = 0
+    message: str = ""  # why a column is missing
+    end_reason: str | None = None
+    extracted: str | None = None
+    correct: bool | None = None  # None: not graded (no gold answer)
+    gold: str = ""
+
+
+@dataclass
+class FlowView:
+    """The Flow tab's state while a flow (then its rollouts) runs."""
+
+    problem: Problem
+    stop_threshold: float
+    chunks: list[Chunk] = field(default_factory=list)
+    phase: str = "flow"  # flow | rollouts | done
+    trace: Trace | None = None
+    exploration: object | None = None  # flowcore.rollouts.Exploration
+    rollouts: int = 0
+    message: str = ""  # e.g. why rollouts were not run
+    seconds: float = 0.0  # the flow's own time
+    rollout_seconds: float = 0.0
+
+
+@dataclass
+class Figure:
+    figure: object | None  # plotly Figure, or None with a message
+    message: str
+
+
+# ---------------------------------------------------------------- adapter files
+
+def find_adapter_dir(directory: Path) -> Path | None:
+    """A peft adapter directory: ``directory`` itself, or its only sub-folder with an adapter."""
+    if (directory / "adapter_config.json").is_file():
+        return directory
+    found = sorted(p.parent for p in directory.glob("*/adapter_config.json"))
+    return found[0] if len(found) == 1 else None
+
+
+def newest_flow_adapters(runs_dir: Path) -> Path | None:
+    """The newest ``<runs_dir>/*/adapters`` holding both answer/ and stop/ adapters."""
+    candidates = [
+        d for d in runs_dir.glob("*/adapters")
+        if all((d / role / "adapter_config.json").is_file() for role in adapters.ROLES)
+    ]
+    return max(candidates, key=lambda d: d.stat().st_mtime) if candidates else None
+
+
+# ---------------------------------------------------------------- the service
+
+class DemoService:
+    """Owns the model and its adapters; every model call of the app goes through here."""
+
+    def __init__(self, model, tokenizer, config: DemoConfig | None = None, log: Callable[[str], None] | None = None):
+        self.cfg = config or DemoConfig()
+        self.log = log or (lambda msg: print(f"[flowcore app] {msg}", file=sys.stderr, flush=True))
+        self.tok = tokenizer
+        self.lock = threading.Lock()
+        self._problems: dict[str, list[Problem]] = {}
+        self.model, self.flow_adapters = self._attach_flow(model)
+        self.sft_adapters, self.sft_missing = self._attach_sft()
+
+    @classmethod
+    def load(cls, config: DemoConfig, log: Callable[[str], None] | None = None) -> "DemoService":
+        """Load the model named in ``config`` (once, at start-up) and attach the adapters."""
+        log = log or (lambda msg: print(f"[flowcore app] {msg}", file=sys.stderr, flush=True))
+        log(f"[1/3] loading model {config.model} ...")
+        t0 = time.time()
+        model, tok = models.load(config.model)
+        log(f"[1/3] model loaded in {time.time() - t0:.1f}s")
+        return cls(model, tok, config, log)
+
+    # ------------------------------------------------------------ start-up
+
+    def _attach_flow(self, model):
+        explicit = self.cfg.flow_adapters
+        directory = Path(explicit) if explicit else newest_flow_adapters(Path(self.cfg.runs_dir))
+        if directory is not None:
+            self.log(f"[2/3] flow adapters: loading {directory}")
+            return adapters.load(model, directory), directory  # raises FileNotFoundError naming what is missing
+        self.log(f"[2/3] flow adapters: none under {self.cfg.runs_dir}/*/adapters; using UNTRAINED adapters "
+                 f"(train with `{self.train_command}`)")
+        return adapters.attach(model), None
+
+    def _attach_sft(self) -> tuple[dict[str, str], dict[str, Path]]:
+        present, missing = {}, {}
+        for source in SFT_SOURCES:
+            directory = Path(self.cfg.results_dir) / "sft" / source
+            found = find_adapter_dir(directory) if directory.is_dir() else None
+            if found is None:
+                missing[source] = directory
+                self.log(f"[3/3] SFT {source}: missing ({directory}); make it with `{REPRODUCE_CMD}`")
+                continue
+            name = f"sft_{source}"
+            self.model.load_adapter(str(found), adapter_name=name)
+            present[source] = name
+            self.log(f"[3/3] SFT {source}: loaded {found}")
+        return present, missing
+
+    @property
+    def train_command(self) -> str:
+        return TRAIN_CMD.format(model=self.cfg.model)
+
+    # ------------------------------------------------------------ problems
+
+    def problems(self, problem_set: str) -> list[Problem]:
+        if problem_set not in PROBLEM_SETS:
+            raise InputError(f"unknown problem set {problem_set!r}; choose one of {', '.join(PROBLEM_SETS)}")
+        if problem_set not in self._problems:
+            self._problems[problem_set] = data.load(*PROBLEM_SETS[problem_set])
+        return self._problems[problem_set]
+
+    def pick(self, problem_set: str, index) -> Problem:
+        problems = self.problems(problem_set)
+        try:
+            i = int(index)
+        except (TypeError, ValueError):
+            raise InputError(f"the problem number must be a whole number from 0 to {len(problems) - 1}") from None
+        if not 0 <= i < len(problems):
+            raise InputError(f"{problem_set} has problems 0 to {len(problems) - 1}; there is no number {i}")
+        return problems[i]
+
+    def problem(self, problem_set: str, index, question: str, gold: str) -> tuple[Problem, str]:
+        """The problem to run and a notice ('' if none).
+
+        The text box is what runs: if it still holds the picked dataset problem
+        (and its gold answer) that problem is used; otherwise the typed text is
+        a custom problem, graded against ``gold`` when one is given, with the
+        picked set's grader.
+        """
+        question, gold = (question or "").strip(), (gold or "").strip()
+        if not question:
+            raise InputError("The problem is empty: pick a problem from the list or type a math question.")
+        dataset = PROBLEM_SETS.get(problem_set, ("gsm8k", ""))[0]
+        problem = None
+        try:
+            picked = self.pick(problem_set, index)
+            if picked.question == question and picked.gold == gold:
+                problem = picked
+        except InputError:
+            pass
+        if problem is None:
+            try:
+                problem = data.custom_problem(question, gold, dataset)
+            except DataError as e:
+                raise InputError(str(e)) from e
+        return self._truncate(problem)
+
+    def _truncate(self, problem: Problem) -> tuple[Problem, str]:
+        ids = self.tok(problem.question, add_special_tokens=False).input_ids
+        limit = self.cfg.max_question_tokens
+        if len(ids) <= limit:
+            return problem, ""
+        short = self.tok.decode(ids[:limit], skip_special_tokens=True).strip()
+        notice = (f"The problem is {len(ids)} tokens long; only its first {limit} tokens are used "
+                  f"(the rest was cut off).")
+        return dataclasses.replace(problem, question=short), notice
+
+    # ------------------------------------------------------------ Compare
+
+    def compare(self, problem: Problem, max_tokens: int) -> Iterator[list[Answer]]:
+        """The four models answer, greedily, round-robin one chunk each; yields after every chunk."""
+        chunk = self.cfg.compare_chunk_size
+        max_tokens = max(chunk, int(max_tokens))
+        answers, runs = [], []
+        for key, label in COLUMNS.items():
+            answer = Answer(key, label, gold=problem.gold)
+            answers.append(answer)
+            if key != ZERO_SHOT and key not in self.sft_adapters:
+                answer.status = "missing"
+                answer.message = (f"No {label} adapter at `{self.sft_missing[key]}`. "
+                                  f"Make it with: `{REPRODUCE_CMD}`")
+                continue
+            # the single-model baseline loop (no Stop LLM); chunking is only scheduling
+            cfg = FlowConfig(chunk_size=chunk, max_steps=-(-max_tokens // chunk), temperature=0.0, use_stop=False,
+                             answer_role=self.sft_adapters.get(key), stop_role=None, batch_size=1)
+            runs.append((answer, FlowEngine(self.model, self.tok, cfg), FlowState(problem)))
+        yield answers
+        while any(not state.done for _, _, state in runs):
+            for answer, engine, state in runs:
+                if state.done:
+                    continue
+                answer.status = "running"
+                with self.lock:
+                    engine.step([state])
+                answer.text = engine.completion(state)
+                answer.n_tokens = len(state.answer_ids())
+                if state.done:
+                    trace = engine.trace(state)
+                    answer.status, answer.end_reason = "done", trace.end_reason
+                    answer.extracted = trace.extracted
+                    answer.correct = trace.correct if problem.gold else None
+                yield answers
+
+    # ------------------------------------------------------------ Flow
+
+    def run_flow(self, problem: Problem, chunk_size: int, max_steps: int, rollouts: int,
+                 temperature: float | None = None) -> Iterator[FlowView]:
+        """Run the Answer/Stop flow step by step, then the rollouts at each node."""
+        cfg = FlowConfig(chunk_size=int(chunk_size), max_steps=int(max_steps), temperature=0.0)
+        engine = FlowEngine(self.model, self.tok, cfg)
+        state = FlowState(problem)
+        view = FlowView(problem, cfg.stop_threshold, chunks=state.chunks, rollouts=int(rollouts))
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed)
+        yield view
+        while not state.done:
+            with self.lock:
+                engine.step([state])
+            view.seconds = time.perf_counter() - t0
+            yield view
+        view.trace = engine.trace(state)
+        if view.rollouts <= 0:
+            view.phase = "done"
+            view.message = "Rollouts per node is 0: no rollouts were run."
+            yield view
+            return
+        try:
+            from flowcore.rollouts import explore
+        except ImportError as e:
+            view.phase = "done"
+            view.message = f"Rollouts are not available in this build (flowcore.rollouts: {e})."
+            yield view
+            return
+        view.phase = "rollouts"
+        yield view
+        temperature = self.cfg.rollout_temperature if temperature is None else float(temperature)
+        t1 = time.perf_counter()
+        with self.lock:
+            torch.manual_seed(cfg.seed)
+            view.exploration = explore(engine, [problem], rollouts=view.rollouts, temperature=temperature)[0]
+        view.rollout_seconds = time.perf_counter() - t1
+        view.phase = "done"
+        yield view
+
+    # ------------------------------------------------------------ Training
+
+    def runs(self) -> list[str]:
+        """Run folders under runs_dir, newest first."""
+        root = Path(self.cfg.runs_dir)
+        if not root.is_dir():
+            return []
+        dirs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        return [d.name for d in sorted(dirs, key=lambda d: d.stat().st_mtime, reverse=True)]
+
+    def progressive(self, run: str | None) -> Figure:
+        """The progressive-accuracy chart of a run (flowcore.plots), or why there is none."""
+        if not run:
+            return Figure(None, f"No online-DPO runs under `{self.cfg.runs_dir}/`. Make one with `{self.train_command}`.")
+        run_dir = Path(self.cfg.runs_dir) / run
+        if not run_dir.is_dir():
+            return Figure(None, f"`{run_dir}` does not exist. Make a run with `{self.train_command}`.")
+        try:
+            from flowcore.plots import progressive_figure
+        except ImportError as e:
+            return Figure(None, f"Charts are not available in this build (flowcore.plots: {e}).")
+        try:
+            return Figure(progressive_figure(run_dir), "")
+        except FileNotFoundError as e:  # its message names the command that makes the file
+            return Figure(None, str(e))
+        except (KeyError, ValueError) as e:
+            return Figure(None, f"{run_dir}: the run's files are unreadable ({type(e).__name__}: {e}).")
+
+    def results_tables(self) -> list[tuple[Path, object]]:
+        """(path, parsed table.json) for every ``<results_root>/*/table.json``, sorted by path."""
+        import json
+
+        tables = []
+        for path in sorted(Path(self.cfg.results_root).glob("*/table.json")):
+            try:
+                tables.append((path, json.loads(path.read_text())))
+            except (OSError, ValueError) as e:
+                tables.append((path, e))
+        return tables

@@ -1,0 +1,154 @@
+"""Reproduce the compile table through lm-eval: the base model 0-shot and its three SFT adapters.
+
+    python eval_tasks/reproduce_table.py                       # full test sets, default model
+    python eval_tasks/reproduce_table.py --limit 50            # first 50 problems of each task
+
+Rows (the compile issue's table): 0-shot base; SFT on ground-truth, self-generated
+and flow-generated traces, read from ``--sft-dir`` (default ``results/cpu/sft``:
+``ground_truth/``, ``self_generated/``, ``flow_generated/``, each a peft adapter
+directory). Each row is ``lm_eval --model hf --apply_chat_template`` on the tasks
+``flow_gsm8k`` and ``flow_math`` (greedy, flowcore's prompt and grader). A
+missing adapter is reported with the command that makes it, the other rows
+still run, and the exit status is 3.
+
+Prints a markdown table (accuracy +- stderr, the rate of answers with an
+extractable final answer, n) and, with ``--out``, writes it as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TASKS_DIR = Path(__file__).resolve().parent
+MAKE_ADAPTERS = "python -m flowcore reproduce --preset cpu"
+ROWS = [  # (label, sub-directory of --sft-dir; None = the base model)
+    ("0-shot base", None),
+    ("SFT ground truth", "ground_truth"),
+    ("SFT self-generated", "self_generated"),
+    ("SFT flow-generated", "flow_generated"),
+]
+
+
+def adapter_problem(path: Path) -> str | None:
+    """Why ``path`` is not a usable peft adapter directory, or None."""
+    if not path.is_dir():
+        return f"missing: {path}"
+    if not (path / "adapter_config.json").is_file():
+        return f"not a peft adapter directory (no adapter_config.json): {path}"
+    return None
+
+
+def evaluate_row(model_dir: str, adapter: Path | None, tasks: list[str], args, task_manager) -> dict:
+    import lm_eval
+
+    model_args = {"pretrained": model_dir, "dtype": args.dtype}
+    if adapter is not None:
+        model_args["peft"] = str(adapter)
+    gen_kwargs = {"max_gen_toks": args.max_gen_toks} if args.max_gen_toks else None
+    out = lm_eval.simple_evaluate(
+        model="hf", model_args=model_args, tasks=tasks, limit=args.limit, batch_size=args.batch_size,
+        device=args.device,
+        apply_chat_template=True, gen_kwargs=gen_kwargs, task_manager=task_manager, log_samples=False,
+    )
+    row = {}
+    for task in tasks:
+        r = out["results"][task]
+        row[task] = {
+            "accuracy": r["exact_match,none"], "stderr": r["exact_match_stderr,none"],
+            "has_answer": r["has_answer,none"], "n": out["n-samples"][task]["effective"],
+        }
+    return row
+
+
+def fmt_cell(cell: dict) -> str:
+    return (f"{100 * cell['accuracy']:.1f} ± {100 * cell['stderr']:.1f} "
+            f"(answered {100 * cell['has_answer']:.0f}%, n={cell['n']})")
+
+
+def table(rows: list[dict], tasks: list[str]) -> str:
+    lines = ["| model | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for r in rows:
+        if r.get("missing"):
+            cells = [f"missing ({r['missing']}; make it: `{MAKE_ADAPTERS}`)"] + [""] * (len(tasks) - 1)
+        else:
+            cells = [fmt_cell(r["scores"][t]) for t in tasks]
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from flowcore import models
+
+    p = argparse.ArgumentParser(prog="eval_tasks/reproduce_table.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=models.DEFAULT_MODEL, help="embedded name, local dir or hub id of the base model")
+    p.add_argument("--sft-dir", default=str(ROOT / "results" / "cpu" / "sft"),
+                   help="directory holding ground_truth/, self_generated/, flow_generated/ peft adapters")
+    p.add_argument("--tasks", default="flow_gsm8k,flow_math")
+    p.add_argument("--limit", type=int, default=None, help="first N problems of each task (default: all)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs / AVX512-BF16 CPUs, else float32), float32, bfloat16")
+    p.add_argument("--device", default=None, help="cuda, cuda:0, cpu (default: cuda if available, else cpu)")
+    p.add_argument("--max-gen-toks", type=int, default=None, help="override the tasks' 960-token budget")
+    p.add_argument("--out", default=None, help="also write the table as JSON here")
+    args = p.parse_args(argv)
+
+    if args.dtype == "auto":
+        args.dtype = str(models.fast_dtype()).removeprefix("torch.")
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    tasks = [t for t in args.tasks.split(",") if t]
+    try:
+        model_dir = models.resolve(args.model)
+    except models.ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    from lm_eval.tasks import TaskManager
+
+    task_manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    unknown = [t for t in tasks if t not in task_manager.all_tasks]
+    if unknown:
+        print(f"error: unknown task(s) {', '.join(unknown)}; known here: {', '.join(task_manager.all_tasks)}",
+              file=sys.stderr)
+        return 1
+
+    sft_dir = Path(args.sft_dir)
+    rows, missing = [], []
+    for label, sub in ROWS:
+        adapter = sft_dir / sub if sub else None
+        problem = adapter_problem(adapter) if adapter else None
+        if problem:
+            missing.append(problem)
+            rows.append({"label": label, "adapter": str(adapter), "missing": problem})
+            continue
+        print(f"[reproduce_table] {label}: {model_dir}" + (f" + {adapter}" if adapter else ""), file=sys.stderr)
+        t0 = time.time()
+        scores = evaluate_row(model_dir, adapter, tasks, args, task_manager)
+        rows.append({"label": label, "adapter": str(adapter) if adapter else None, "scores": scores,
+                     "seconds": round(time.time() - t0, 1)})
+
+    print(f"\nlm-eval, {args.model}, {args.dtype}, greedy, limit={args.limit or 'all'}; "
+          "accuracy % ± stderr (flowcore.grading)\n")
+    print(table(rows, tasks))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"model": args.model, "dtype": args.dtype, "limit": args.limit,
+                                              "tasks": tasks, "rows": rows}, indent=2))
+    if missing:
+        print("\nmissing SFT adapters:\n  " + "\n  ".join(missing) + f"\nmake them with: {MAKE_ADAPTERS}",
+              file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

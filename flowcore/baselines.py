@@ -1,0 +1,92 @@
+"""`python -m flowcore baselines --run runs/NAME`: the paper's two baselines on a run's exact examples.
+
+Paper Figure 3 draws, next to online Flow-DPO's progressive accuracy, the
+flow without training and the single model zero-shot on the same examples.
+This reads the run's ``config.json`` (model, dataset, flow settings and the
+ordered ``example_ids``) and writes, with the same machinery as
+``python -m flowcore generate``:
+
+- ``baseline_flow.jsonl``: the untrained flow (base model for both roles);
+- ``baseline_zero_shot.jsonl``: the base model alone, same token budget
+  (``flow.zero_shot_config``).
+
+One graded trace per example, appended as flows finish; rerunning resumes.
+Neither baseline learns, so their "progressive" accuracy is a running mean
+over the run's example order.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from . import data, models, stats
+from .flow import FlowConfig, FlowEngine, zero_shot_config
+from .results import ResultsFile
+
+FILES = {"flow": "baseline_flow.jsonl", "zero-shot": "baseline_zero_shot.jsonl"}
+
+
+def run_config(run: Path) -> dict:
+    path = Path(run) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: start the run first with "
+                                f"`python -m flowcore train --examples N --out {run}`")
+    return json.loads(path.read_text())
+
+
+def run_problems(config: dict) -> list[data.Problem]:
+    """The run's examples, in its training order."""
+    from .train import load_problems
+
+    s = config["settings"]
+    by_id = {q.id: q for q in load_problems(s["dataset"], s["split"], s["source"], s.get("data_file"))}
+    missing = [i for i in config["example_ids"] if i not in by_id]
+    if missing:
+        raise data.DataError(f"{len(missing)} example(s) of the run are not in {s['dataset']}/{s['split']}: {missing[:3]}")
+    return [by_id[i] for i in config["example_ids"]]
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m flowcore baselines", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="run directory written by `python -m flowcore train`")
+    p.add_argument("--which", choices=("both", *FILES), default="both")
+    p.add_argument("--batch-size", type=int, default=None, help="flows per generate call (default: the run's)")
+    args = p.parse_args(argv)
+    run = Path(args.run)
+    try:
+        config = run_config(run)
+        problems = run_problems(config)
+        settings = config["settings"]
+        flow = FlowConfig(**settings["flow"])
+        if args.batch_size:
+            flow.batch_size = args.batch_size
+        net, tok = models.load(settings["model"])
+    except (FileNotFoundError, data.DataError, models.ModelError, KeyError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+    from tqdm import tqdm
+
+    for mode in (FILES if args.which == "both" else [args.which]):
+        cfg = zero_shot_config(flow) if mode == "zero-shot" else flow
+        info = {"model": settings["model"], "mode": mode, "dataset": settings["dataset"], "split": settings["split"],
+                "example_ids": config["example_ids"], "flow": asdict(cfg)}
+        out = ResultsFile(run / FILES[mode], info)
+        todo = [q for q in problems if q.id not in out.done()]
+        engine = FlowEngine(net, tok, cfg)
+        t0 = time.time()
+        bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"baseline {mode}", unit="example")
+        for trace in engine.solve(todo):
+            out.append(trace.to_dict())
+            bar.set_postfix(acc=f"{100 * stats.accuracy([r['correct'] for r in out.records])['accuracy']:.1f}%")
+            bar.update(1)
+        bar.close()
+        acc = stats.accuracy([r["correct"] for r in out.records])
+        out.finish({**acc, "seconds": round(time.time() - t0, 1)})
+        print(f"baseline {mode}: {stats.fmt(acc)} -> {run / FILES[mode]}")
+    return 0

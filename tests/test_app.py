@@ -1,0 +1,231 @@
+"""The Gradio app on the tiny model: every endpoint driven through gradio_client, content checked."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import build_tiny_model
+from tiny_app import COMPARE_CHUNK, serve_tiny_app
+
+from demo import services
+from demo.services import DemoConfig, DemoService
+from flowcore import adapters, data
+from flowcore.flow import FlowConfig, FlowEngine, FlowState
+
+ENDPOINTS = {"/compare_load_problem", "/compare", "/flow_load_problem", "/flow", "/progressive", "/reload_files"}
+REPRODUCE = "python -m flowcore reproduce --preset cpu"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(client, service, root) of the app on the tiny model, launched in this process."""
+    from gradio_client import Client
+
+    root = tmp_path_factory.mktemp("app")
+    app, url, service = serve_tiny_app(root)
+    client = Client(url, verbose=False)
+    yield client, service, root
+    client.close()
+    app.close()
+
+
+def _zero_shot_text(service, question, max_tokens):
+    """What the base model writes greedily: the 0-shot column must show exactly this."""
+    cfg = FlowConfig(chunk_size=max_tokens, max_steps=1, use_stop=False, answer_role=None, stop_role=None)
+    engine = FlowEngine(service.model, service.tok, cfg)
+    state = FlowState(data.custom_problem(question, "", "gsm8k"))
+    with service.lock:
+        engine.step([state])
+    return engine.completion(state)
+
+
+def _tokens(column: str) -> int:
+    return int(re.search(r"· (\d+) tokens, ", column).group(1))
+
+
+def test_every_endpoint_is_tested(served):
+    client, _, _ = served
+    assert set(client.view_api(return_format="dict")["named_endpoints"]) == ENDPOINTS
+
+
+def test_load_problem_returns_the_dataset_problem(served):
+    client, _, _ = served
+    math3 = data.load("math", "test500")[3]
+    assert client.predict("MATH test500", 3, api_name="/compare_load_problem") == (math3.question, math3.gold)
+    gsm = data.load("gsm8k", "test")[7]
+    assert client.predict("GSM8K test", 7, api_name="/flow_load_problem") == (gsm.question, gsm.gold)
+    with pytest.raises(Exception, match="there is no number 500"):
+        client.predict("MATH test500", 500, api_name="/flow_load_problem")
+
+
+def test_compare_streams_four_columns(served):
+    client, service, _ = served
+    question = "Janet has 16 eggs and eats 3. How many are left?"
+    job = client.submit("GSM8K test", 0, question, "13", 24, api_name="/compare")
+    note, zero, gt, self_gen, flow_gen = job.result(timeout=120)
+    outputs = job.outputs()
+    # streamed: the first update shows columns waiting, later ones generating, the last one graded
+    assert len(outputs) >= 1 + 2 * (24 // COMPARE_CHUNK)
+    assert "waiting" in outputs[0][1] or "generating" in outputs[0][1]
+    assert any("generating" in o[1] for o in outputs)
+    assert note == ""
+    assert zero.startswith("### 0-shot (base model)")
+    assert "gold `13`" in zero and ("✗ **incorrect**" in zero or "✓ **correct**" in zero)
+    assert "24 tokens, stopped at the token limit" in zero or _tokens(zero) < 24
+    expected = _zero_shot_text(service, question, 24)
+    assert expected.strip() and expected in zero
+    # the SFT ground-truth adapter exists: it answers (differently from the base: its LoRA is not zero)
+    assert gt.startswith("### SFT ground truth") and "gold `13`" in gt
+    assert gt.split("---", 1)[1] != zero.split("---", 1)[1]
+    # the other two are missing: the message names the command that makes them
+    for col, label in ((self_gen, "SFT self-generated"), (flow_gen, "SFT Flow-generated")):
+        assert f"No {label} adapter" in col and REPRODUCE in col
+
+
+def test_compare_without_gold_is_not_graded(served):
+    client, _, _ = served
+    _, zero, *_ = client.predict("GSM8K test", 0, "What is 2 + 2?", "", 8, api_name="/compare")
+    assert "**not graded** (no gold answer)" in zero
+
+
+def test_empty_problem_gives_the_error_message(served):
+    client, _, _ = served
+    for endpoint, extra in (("/compare", [32]), ("/flow", [8, 2, 0, 1.0])):
+        with pytest.raises(Exception, match="The problem is empty"):
+            client.predict("GSM8K test", 0, "   ", "13", *extra, api_name=endpoint)
+
+
+def test_over_long_problem_is_truncated_with_a_notice(served):
+    client, service, _ = served
+    question = "Janet has 16 eggs and eats 3 of them every morning. " * 40
+    n = len(service.tok(question.strip(), add_special_tokens=False).input_ids)
+    note, *_ = client.predict("GSM8K test", 0, question, "", 8, api_name="/compare")
+    assert f"The problem is {n} tokens long; only its first 64 tokens are used" in note
+    status, chunks, _ = client.predict("GSM8K test", 0, question, "", 8, 1, 0, 1.0, api_name="/flow")
+    assert "only its first 64 tokens are used" in status and "chunk 1" in chunks
+
+
+def test_flow_streams_chunks_with_p_yes(served):
+    client, service, _ = served
+    job = client.submit("GSM8K test", 0, "Janet has 16 eggs and eats 3. How many are left?", "13",
+                        8, 3, 0, 1.0, api_name="/flow")
+    status, chunks, rollouts = job.result(timeout=120)
+    outputs = job.outputs()
+    n = chunks.count('class="fc-chunk"')
+    assert 1 <= n <= 3
+    assert [f"chunk {k}" in chunks for k in range(1, n + 1)] == [True] * n
+    assert chunks.count("P(Yes) = <b>") + chunks.count("not asked") == n
+    assert "Flow ended:" in chunks and f"after {n} chunk(s)" in status
+    assert "gold `13`" in status
+    assert "Rollouts per node is 0" in rollouts
+    # streamed: one update before any chunk, then one per chunk, then the graded one
+    assert len(outputs) >= n + 1 and "Running the flow" in outputs[0][0]
+
+
+def test_flow_rollouts_and_pairs(served):
+    client, _, _ = served
+    status, chunks, rollouts = client.predict("GSM8K test", 0, "Janet has 16 eggs and eats 3. How many are left?",
+                                              "13", 8, 2, 1, 1.0, api_name="/flow")
+    n = chunks.count('class="fc-chunk"')
+    assert "rollout(s) over" in rollouts and "DPO pair(s)" in rollouts
+    assert all(f"Node {k}" in rollouts for k in range(1, n + 1))
+    assert rollouts.count("rollout 1:") == n  # one rollout at every node
+    assert "DPO pair for the" in rollouts or "No DPO pairs" in rollouts
+
+
+def test_concurrent_users_are_queued(served):
+    client, _, _ = served
+    jobs = [client.submit("GSM8K test", 0, f"What is {i} + {i}?", str(2 * i), 16, api_name="/compare")
+            for i in range(3)]
+    results = [j.result(timeout=180) for j in jobs]
+    for i, (_, zero, *_rest) in enumerate(results):
+        assert f"gold `{2 * i}`" in zero and 0 < _tokens(zero) <= 16
+
+
+def test_training_tab_messages_and_tables(served):
+    client, service, root = served
+    fig, message = client.predict("empty-run", api_name="/progressive")
+    assert fig is None
+    assert "config.json not found" in message and "python -m flowcore train" in message
+    fig, message = client.predict("tiny-run", api_name="/progressive")
+    assert message == ""
+    plot = json.loads(fig["plot"])
+    names = [t["name"] for t in plot["data"]]
+    assert [n.split(":")[0] for n in names] == ["Flow-DPO (online)", "untrained flow", "zero-shot"]
+    assert plot["data"][0]["y"] == [0.0, 50.0, pytest.approx(200 / 3), 75.0]
+    fig, message = client.predict(None, api_name="/progressive")
+    assert fig is None and "No online-DPO runs" in message and "python -m flowcore train" in message
+    run, table = client.predict(api_name="/reload_files")
+    assert {c[0] for c in run["choices"]} == {"empty-run", "tiny-run"} and run["value"] == run["choices"][0][0]
+    assert "tiny-test-row" in table and "12.5" in table and "table.json" in table
+
+
+def test_results_table_missing_names_the_command(tmp_path, tiny):
+    model, tok = tiny
+    service = DemoService(model, tok, DemoConfig(results_dir=str(tmp_path), results_root=str(tmp_path),
+                                                 runs_dir=str(tmp_path)), log=lambda m: None)
+    from demo import render
+
+    text = render.results_tables(service.results_tables(), service.cfg.results_root)
+    assert "no results yet" in text and REPRODUCE in text
+    assert "71.3" in render.paper_table()  # the paper's Table 1 shown beside ours
+
+
+def test_flow_adapters_load_from_the_newest_run(tmp_path, tiny):
+    model, tok = tiny
+    saved = adapters.attach(build_tiny_model(tok, seed=2))
+    adapters.save(saved, tmp_path / "runs" / "r1" / "adapters")
+    logs = []
+    service = DemoService(model, tok, DemoConfig(results_dir=str(tmp_path), runs_dir=str(tmp_path / "runs")),
+                          log=logs.append)
+    assert service.flow_adapters == tmp_path / "runs" / "r1" / "adapters"
+    assert {"answer", "stop"} <= set(service.model.peft_config)
+    assert any("SFT ground_truth: missing" in m and REPRODUCE in m for m in logs)
+
+
+def test_untrained_flow_says_how_to_train(tmp_path, tiny):
+    model, tok = tiny
+    logs = []
+    service = DemoService(model, tok, DemoConfig(results_dir=str(tmp_path), runs_dir=str(tmp_path)), log=logs.append)
+    assert service.flow_adapters is None
+    assert any("UNTRAINED" in m and "python -m flowcore train" in m for m in logs)
+    assert services.find_adapter_dir(tmp_path) is None
+
+
+def test_rollouts_render_pairs_chosen_and_rejected():
+    """The pair display on a hand-made exploration (the tiny model's rollouts all tie: no pairs)."""
+    from demo import render
+    from demo.services import FlowView
+    from flowcore.flow import Chunk, Trace
+    from flowcore.rollouts import Exploration, Pair, Rollout
+
+    problem = data.custom_problem("What is 6 * 7?", "42", "gsm8k")
+    trace = Trace("custom", "gsm8k", "42", [{"text": "6 * 7 = 41.", "n_tokens": 5, "p_yes": 0.9}], "stop",
+                  "6 * 7 = 41.", None, False, 5)
+    pair = Pair("custom", "answer", 0, [1], [2], [3], "6 * 7 = 42. The answer is 42.", "6 * 7 = 41.", True, False,
+                "rollout at node 0 reached 42 (correct), original reached no answer (wrong)")
+    ex = Exploration(trace, [Rollout(0, "6 * 7 = 42. The answer is 42.", "6 * 7 = 42. The answer is 42.", "42",
+                                     True, "eos")], [pair])
+    view = FlowView(problem, 0.5, chunks=[Chunk([1], "6 * 7 = 41.", 0.9)], phase="done", trace=trace,
+                    exploration=ex, rollouts=1)
+    out = render.rollouts_html(view)
+    assert "1 rollout(s) over 1 node(s); 1 DPO pair(s): 1 for the Answer LLM, 0 for the Stop LLM" in out
+    assert "Node 1" in out and "rollout 1: ended by eos, answer 42" in out
+    chosen, rejected = out.split("<b>chosen</b>")[1].split("<b>rejected</b>")
+    assert "The answer is 42." in chosen and "correct" in chosen
+    assert "6 * 7 = 41." in rejected and "incorrect" in rejected
+    assert "DPO pair for the Answer LLM: rollout at node 0 reached 42 (correct)" in out
+
+
+def test_app_flags(monkeypatch):
+    import app
+    from flowcore import models
+
+    monkeypatch.delenv("FLOWCORE_MODEL", raising=False)
+    assert app.parse_args([]).model == models.DEFAULT_MODEL
+    monkeypatch.setenv("FLOWCORE_MODEL", "smollm2-135m-instruct")
+    args = app.parse_args(["--port", "7999", "--host", "0.0.0.0"])
+    assert (args.model, args.port, args.host) == ("smollm2-135m-instruct", 7999, "0.0.0.0")
+    assert app.parse_args(["--model", "tiny-dir"]).model == "tiny-dir"

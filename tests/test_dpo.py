@@ -1,0 +1,101 @@
+"""The DPO loss and update: hand computation, log-probs, direction of a step, adapter isolation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import tinyflow
+from flowcore import adapters, data
+from flowcore.dpo import OnlineDPO, OnlineDPOConfig, adapter_params, dpo_loss, sequence_logps
+from flowcore.flow import FlowConfig, FlowEngine
+from flowcore.rollouts import Pair, explore
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_dpo_loss_matches_hand_computation():
+    # beta 0.5; chosen log-ratio -1 - (-1.5) = 0.5, rejected -2 - (-1.5) = -0.5 -> margin 0.5 * 1.0 = 0.5
+    loss, margin = dpo_loss(torch.tensor([-1.0, -3.0]), torch.tensor([-2.0, -1.0]),
+                            torch.tensor([-1.5, -2.0]), torch.tensor([-1.5, -2.0]), beta=0.5)
+    assert margin.tolist() == pytest.approx([0.5, 0.5 * ((-3 + 2) - (-1 + 2))])
+    assert loss[0].item() == pytest.approx(math.log(1 + math.exp(-0.5)))  # -log sigmoid(0.5) = 0.474077
+    assert loss[1].item() == pytest.approx(math.log(1 + math.exp(1.0)))  # margin -1
+    assert loss[0].item() == pytest.approx(0.474077, abs=1e-6)
+
+
+def test_sequence_logps_sums_completion_tokens_only(tiny):
+    model, tok = tiny
+    prompts = [[5, 6, 7, 8, 9], [10, 11]]
+    completions = [[20, 21], [30, 31, 32, 33]]
+    batched = sequence_logps(model, prompts, completions, tok.pad_token_id)
+    for i, (p, c) in enumerate(zip(prompts, completions)):  # one unpadded row at a time, by hand
+        ids = torch.tensor([p + c])
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        hand = sum(logp[len(p) - 1 + j, t].item() for j, t in enumerate(c))
+        assert batched[i].item() == pytest.approx(hand, abs=1e-4)
+
+
+def _pair(role, prompt, chosen, rejected):
+    return Pair("t/0", role, 0, prompt, chosen, rejected, "c", "r", True, False, "test")
+
+
+def _margins(trainer, pairs, role):
+    with torch.no_grad():
+        ref_c, ref_r = trainer._logps(None, pairs)
+        pol_c, pol_r = trainer._logps(role, pairs)
+    return (pol_c - ref_c), (pol_r - ref_r)
+
+
+def test_a_step_raises_the_chosen_log_ratio(tiny):
+    model, tok = tiny
+    peft = adapters.attach(model, adapters.LoraConfig(dropout=0.0))
+    trainer = OnlineDPO(peft, tok.pad_token_id, OnlineDPOConfig(lr=1e-2, lora_dropout=0.0))
+    pairs = [_pair("answer", [5, 6, 7, 8], [40, 41, 42], [50, 51]), _pair("answer", [9, 10], [60], [70, 71])]
+    c0, r0 = _margins(trainer, pairs, "answer")
+    assert torch.allclose(c0, torch.zeros(2), atol=1e-5)  # fresh LoRA: policy == reference
+    first = trainer.update("answer", pairs)
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)  # margin 0 -> -log sigmoid(0)
+    for _ in range(2):
+        trainer.update("answer", pairs)
+    c1, r1 = _margins(trainer, pairs, "answer")
+    assert (c1 > c0 + 1e-3).all(), (c0, c1)  # chosen log-ratio up
+    assert ((c1 - r1) > (c0 - r0) + 1e-3).all()  # and the DPO margin
+    assert trainer.update("answer", pairs)["loss"] < first["loss"]
+
+
+def test_one_online_step_changes_only_the_intended_adapter(tmp_path):
+    model, tok = tinyflow.load_taught()
+    peft = adapters.attach(model)
+    problems = data.read_jsonl(tinyflow.write_problems(tmp_path / "p.jsonl", 4), "gsm8k", "custom")
+    engine = FlowEngine(peft, tok, FlowConfig(chunk_size=6, max_steps=6, stop_threshold=1.0, batch_size=64))
+    torch.manual_seed(0)
+    pairs = [p for x in explore(engine, problems) for p in x.pairs]
+    by_role = {role: [p for p in pairs if p.role == role] for role in ("answer", "stop")}
+    assert by_role["answer"] and by_role["stop"]
+    trainer = OnlineDPO(peft, tok.pad_token_id, OnlineDPOConfig(lr=1e-3))
+
+    def snapshot():
+        return {n: p.detach().clone() for n, p in peft.named_parameters()}
+
+    answer_names = {n for n, p in peft.named_parameters() if any(p is q for q in adapter_params(peft, "answer"))}
+    stop_names = {n for n, p in peft.named_parameters() if any(p is q for q in adapter_params(peft, "stop"))}
+    assert answer_names and stop_names and not answer_names & stop_names
+    for role, own in (("answer", answer_names), ("stop", stop_names)):
+        before = snapshot()
+        trainer.update(role, by_role[role])
+        after = snapshot()
+        changed = {n for n in before if not torch.equal(before[n], after[n])}
+        assert changed, f"the {role} step changed nothing"
+        assert changed <= own, f"a {role} step changed weights outside its adapter: {sorted(changed - own)[:3]}"
+        # LoRA B starts at 0, so A gets no gradient on the first step: at least every B moved
+        assert {n for n in own if ".lora_B." in n} <= changed
+    with pytest.raises(ValueError, match="pairs of that role only"):
+        trainer.update("answer", by_role["stop"])

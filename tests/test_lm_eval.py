@@ -1,0 +1,337 @@
+"""lm-eval tasks flow_gsm8k / flow_math, the `flow` lm-eval model, and agreement with flowcore's own evaluation.
+
+The agreement tests use a tiny model trained here (a few seconds) to memorise a
+known completion for the first three problems of each task: a correct boxed
+answer, a wrong boxed answer, and text with no answer. So per-problem
+correctness is known in advance (1, 0, 0) and both evaluators must reproduce
+it, completion for completion.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from flowcore import adapters, data, generate, grading, lm_eval_tasks, prompts
+from flowcore.results import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS_DIR = ROOT / "eval_tasks"
+TASKS = {"flow_gsm8k": ("gsm8k", "test"), "flow_math": ("math", "test500")}
+N = 3  # problems per task in the agreement tests
+# flowcore budget for the tests: chunk 16 x 2 steps = 32 tokens = lm-eval max_gen_toks
+CHUNK, STEPS = 16, 2
+
+
+@pytest.fixture(scope="module")
+def task_manager():
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+
+
+def _targets(dataset: str) -> list[tuple[str, bool, bool]]:
+    """(completion, correct, has_answer) the memorised model must produce for the first N problems."""
+    golds = [p.gold for p in data.load(dataset, TASKS[f"flow_{dataset}"][1], limit=N)]
+    return [(f"\\boxed{{{golds[0]}}}", True, True), ("\\boxed{7}", False, True), ("no", False, False)]
+
+
+@pytest.fixture(scope="module")
+def memorised(tmp_path_factory, tiny_tokenizer):
+    """A tiny model directory whose greedy answers to the first N problems of each task are _targets()."""
+    from conftest import build_tiny_model
+
+    tok = tiny_tokenizer
+    model = build_tiny_model(tok)
+    seqs = []
+    for dataset, split in TASKS.values():
+        for p, (target, _, _) in zip(data.load(dataset, split, limit=N), _targets(dataset)):
+            prompt = tok(prompts.answer_prompt(tok, p.question), add_special_tokens=False).input_ids
+            seqs.append((prompt, tok(target, add_special_tokens=False).input_ids + [tok.eos_token_id]))
+    width = max(len(a) + len(b) for a, b in seqs)
+    ids = torch.full((len(seqs), width), tok.pad_token_id)
+    labels = torch.full((len(seqs), width), -100)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (a, b) in enumerate(seqs):
+        ids[i, :len(a) + len(b)] = torch.tensor(a + b)
+        mask[i, :len(a) + len(b)] = 1
+        labels[i, len(a):len(a) + len(b)] = torch.tensor(b)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.1:
+            break
+    model.eval()
+    for a, b in seqs:  # the premise of the agreement tests: greedy decoding reproduces the targets
+        out = model.generate(input_ids=torch.tensor([a]), attention_mask=torch.ones(1, len(a), dtype=torch.long),
+                             max_new_tokens=len(b) + 2, do_sample=False, eos_token_id=tok.eos_token_id,
+                             pad_token_id=tok.pad_token_id)
+        assert out[0, len(a):].tolist() == b, "tiny model did not memorise its targets"
+    path = tmp_path_factory.mktemp("memorised")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def flowcore_zero_shot(memorised, tmp_path_factory):
+    """`python -m flowcore generate --mode zero-shot` traces per task, keyed by problem id."""
+    out = tmp_path_factory.mktemp("zs")
+    traces = {}
+    for task, (dataset, split) in TASKS.items():
+        path = out / f"{task}.jsonl"
+        rc = generate.main(["--model", memorised, "--mode", "zero-shot", "--dataset", dataset, "--split", split,
+                            "--limit", str(N), "--chunk-size", str(CHUNK), "--max-steps", str(STEPS),
+                            "--batch-size", "2", "--out", str(path)])
+        assert rc == 0
+        traces[task] = {r["problem_id"]: r for r in read_jsonl(path)}
+    return traces
+
+
+def _assert_agree(samples: dict, traces: dict, results: dict) -> None:
+    """Per problem: same completion, same correctness, same has-answer; and the same accuracy."""
+    for task, dataset_traces in traces.items():
+        got = samples[task]
+        assert [s["doc"]["id"] for s in got] == [p.id for p in data.load(*TASKS[task], limit=N)]
+        for s in got:
+            t = dataset_traces[s["doc"]["id"]]
+            assert s["resps"][0][0] == t["completion"]
+            assert s["exact_match"] == float(t["correct"])
+            assert s["has_answer"] == float(t["extracted"] is not None)
+        acc = sum(t["correct"] for t in dataset_traces.values()) / len(dataset_traces)
+        assert results[task]["exact_match,none"] == pytest.approx(acc, abs=1e-12)
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def test_tasks_load_through_task_manager(task_manager):
+    loaded = task_manager.load(list(TASKS))["tasks"]
+    assert set(loaded) == set(TASKS)
+    for name, (dataset, split) in TASKS.items():
+        task = loaded[name]
+        docs = list(task.test_docs())
+        problems = data.load(dataset, split)
+        assert len(docs) == len(problems) == {"gsm8k": 1319, "math": 500}[dataset]
+        assert [d["id"] for d in docs[:5]] == [p.id for p in problems[:5]]
+        assert docs[0]["question"] == problems[0].question and docs[0]["gold"] == problems[0].gold
+        assert task.config.generation_kwargs == {"until": [], "do_sample": False, "temperature": 0.0,
+                                                 "max_gen_toks": 960}
+        assert [m["metric"] for m in task.config.metric_list] == ["exact_match", "has_answer"]
+
+
+def test_data_source_is_checked():
+    with pytest.raises(data.DataError, match="source"):
+        lm_eval_tasks.load_dataset("gsm8k", source="elsewhere")
+
+
+def _render(task, doc, tok):
+    from lm_eval.models.huggingface import HFLM
+
+    # HFLM's own apply_chat_template (it only needs .tokenizer and .chat_template_args)
+    hf = SimpleNamespace(tokenizer=tok, chat_template_args={})
+    return task.fewshot_context(doc, 0, apply_chat_template=True,
+                                chat_template=functools.partial(HFLM.apply_chat_template, hf))
+
+
+def test_chat_prompt_is_flowcores(task_manager, tiny_tokenizer):
+    """With --apply_chat_template, lm-eval's hf prompt is prompts.answer_prompt, char for char."""
+    from transformers import AutoTokenizer
+
+    from flowcore import models
+
+    toks = [tiny_tokenizer]
+    smol_dir = models.converted_dir(models.TEST_MODEL)
+    if (smol_dir / "tokenizer.json").is_file():  # the real smollm2 tokenizer (no model load)
+        toks.append(AutoTokenizer.from_pretrained(smol_dir))
+    loaded = task_manager.load(list(TASKS))["tasks"]
+    for task in loaded.values():
+        docs = list(task.test_docs())[:2]
+        for tok in toks:
+            for doc in docs:
+                assert _render(task, doc, tok) == prompts.answer_prompt(tok, doc["question"])
+        # without the chat template: readable plain text, and a warning (checked by the text)
+        plain = task.fewshot_context(docs[0], 0)
+        assert plain == prompts.ANSWER_SYSTEM + "\n\n" + docs[0]["user"]
+    if len(toks) == 1:
+        pytest.skip("smollm2 tokenizer not converted here; checked on the tiny tokenizer only")
+
+
+def test_process_results_judges_with_flowcore_grading(task_manager):
+    loaded = task_manager.load(list(TASKS))["tasks"]
+    gsm = list(loaded["flow_gsm8k"].test_docs())[0]  # gold 18
+    math = list(loaded["flow_math"].test_docs())[0]  # gold \left( 3, \frac{\pi}{2} \right)
+    cases = [
+        (gsm, "16 - 3 - 4 = 9 eggs, 9 * 2 = 18. The answer is \\boxed{18}.", 1.0, 1.0),
+        (gsm, "She makes \\boxed{\\$18} dollars.", 1.0, 1.0),
+        (gsm, "The answer is \\boxed{20}.", 0.0, 1.0),
+        (gsm, "She makes 18 dollars", 0.0, 0.0),  # no anchored answer: not graded as correct
+        (math, "So the point is \\boxed{(3, \\frac{\\pi}{2})}.", 1.0, 1.0),
+        (math, "So the point is \\boxed{(3, \\pi)}.", 0.0, 1.0),
+        (math, "", 0.0, 0.0),
+    ]
+    for doc, completion, correct, answered in cases:
+        task = loaded["flow_gsm8k" if doc["dataset"] == "gsm8k" else "flow_math"]
+        got = task.process_results(doc, [completion])
+        assert got == {"exact_match": correct, "has_answer": answered}, completion
+        assert got["exact_match"] == float(grading.is_correct(completion, doc["gold"], doc["dataset"]))
+
+
+# ---------------------------------------------------------------- hf model vs flowcore zero-shot
+
+
+def test_hf_model_agrees_with_flowcore_zero_shot(task_manager, memorised, flowcore_zero_shot):
+    import lm_eval
+
+    out = lm_eval.simple_evaluate(
+        model="hf", model_args={"pretrained": memorised, "dtype": "float32"}, tasks=list(TASKS), limit=N,
+        batch_size=2, device="cpu", apply_chat_template=True, gen_kwargs={"max_gen_toks": CHUNK * STEPS},
+        task_manager=task_manager, log_samples=True,
+    )
+    _assert_agree(out["samples"], flowcore_zero_shot, out["results"])
+    for task in TASKS:  # the known outcomes, so agreement is not agreement on all-wrong
+        expected = _targets(TASKS[task][0])
+        assert [s["exact_match"] for s in out["samples"][task]] == [float(c) for _, c, _ in expected]
+        assert [s["has_answer"] for s in out["samples"][task]] == [float(h) for _, _, h in expected]
+        assert out["results"][task]["exact_match,none"] == pytest.approx(1 / 3)
+        assert out["results"][task]["has_answer,none"] == pytest.approx(2 / 3)
+        assert out["results"][task]["exact_match_stderr,none"] > 0
+        for s in out["samples"][task]:  # the prompt lm-eval sent is flowcore's
+            assert s["arguments"][0][0] == prompts.answer_prompt(_tok(memorised), s["doc"]["question"])
+
+
+@functools.lru_cache(maxsize=None)
+def _tok(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+# ---------------------------------------------------------------- the flow as an lm-eval model
+
+
+@pytest.fixture(scope="module")
+def flow_adapters(memorised, tmp_path_factory):
+    """answer (zero effect) + stop (random, so Stop decisions vary) adapters saved as flowcore does."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(memorised, dtype=torch.float32)
+    peft_model = adapters.attach(model, adapters.LoraConfig(r=4, alpha=8, dropout=0.0))
+    torch.manual_seed(1)
+    for name, p in peft_model.named_parameters():
+        if "lora_B.stop" in name:
+            p.data.normal_(0, 0.5)
+    path = tmp_path_factory.mktemp("flow_adapters")
+    adapters.save(peft_model, path)
+    return str(path)
+
+
+def test_flow_model_agrees_with_flowcore_flow(task_manager, memorised, flow_adapters, tmp_path):
+    import lm_eval
+
+    from flowcore.lm_eval_model import FlowLM
+
+    settings = dict(chunk_size=3, max_steps=4, temperature=0.7, seed=5)  # sampled: same RNG stream too
+    traces = {}
+    for task, (dataset, split) in TASKS.items():
+        path = tmp_path / f"{task}.jsonl"
+        argv = ["--model", memorised, "--adapters", flow_adapters, "--mode", "flow", "--dataset", dataset,
+                "--split", split, "--limit", str(N), "--batch-size", "2", "--out", str(path)]
+        for k, v in settings.items():
+            argv += ["--" + k.replace("_", "-"), str(v)]
+        assert generate.main(argv) == 0
+        traces[task] = {r["problem_id"]: r for r in read_jsonl(path)}
+
+    lm = FlowLM(pretrained=memorised, adapters=flow_adapters, batch_size=2, **{k: str(v) for k, v in settings.items()})
+    out = lm_eval.simple_evaluate(model=lm, tasks=list(TASKS), limit=N, task_manager=task_manager, log_samples=True)
+    _assert_agree(out["samples"], traces, out["results"])
+    # the flow really ran: several chunks, Stop LLM consulted, same chunking as flowcore's traces
+    by_id = {t.problem_id: t for t in lm.traces}
+    assert len(by_id) == 2 * N
+    chunks = [len(t.chunks) for t in lm.traces]
+    assert max(chunks) > 1 and any(c["p_yes"] is not None for t in lm.traces for c in t.chunks)
+    ordered = [traces[task][pid] for task in TASKS for pid in traces[task]]
+    assert sorted(chunks) == sorted(len(r["chunks"]) for r in ordered)
+
+
+def test_flow_model_zero_shot_mode_agrees(task_manager, memorised, flowcore_zero_shot):
+    import lm_eval
+
+    from flowcore.lm_eval_model import FlowLM
+
+    lm = FlowLM(pretrained=memorised, mode="zero-shot", chunk_size=CHUNK, max_steps=STEPS, batch_size=2)
+    out = lm_eval.simple_evaluate(model=lm, tasks=list(TASKS), limit=N, task_manager=task_manager, log_samples=True)
+    _assert_agree(out["samples"], flowcore_zero_shot, out["results"])
+
+
+def test_flow_model_rejects_bad_args_and_loglikelihood(memorised):
+    from flowcore.lm_eval_model import FlowLM
+
+    with pytest.raises(ValueError, match="unknown chunksize"):
+        FlowLM(pretrained=memorised, chunksize=3)
+    with pytest.raises(ValueError, match="mode"):
+        FlowLM(pretrained=memorised, mode="beam")
+    with pytest.raises(ValueError, match="max_steps"):
+        FlowLM(pretrained=memorised, max_steps="many")
+    lm = FlowLM(pretrained=memorised, max_steps=1)
+    with pytest.raises(NotImplementedError, match="only generates"):
+        lm.loglikelihood([])
+
+
+def test_cli_runs_flow_model_from_any_directory(memorised, tmp_path):
+    """`python -m flowcore lm-eval --model flow ...` from another cwd: registration, string args, output."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    cmd = [sys.executable, "-m", "flowcore", "lm-eval", "--model", "flow",
+           "--model_args", f"pretrained={memorised},mode=zero-shot,chunk_size={CHUNK},max_steps={STEPS}",
+           "--include_path", str(TASKS_DIR), "--tasks", "flow_gsm8k", "--limit", str(N), "--batch_size", "3",
+           "--device", "cpu", "--output_path", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
+    assert result["results"]["flow_gsm8k"]["exact_match,none"] == pytest.approx(1 / 3)
+    assert result["results"]["flow_gsm8k"]["has_answer,none"] == pytest.approx(2 / 3)
+
+
+# ---------------------------------------------------------------- the table script
+
+
+def test_reproduce_table_with_real_lora_adapters(memorised, tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    sys.path.insert(0, str(TASKS_DIR))
+    import reproduce_table
+
+    sft = tmp_path / "sft"
+    for i, name in enumerate(["ground_truth", "self_generated"]):  # flow_generated left missing
+        model = AutoModelForCausalLM.from_pretrained(memorised, dtype=torch.float32)
+        torch.manual_seed(i)
+        peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                      init_lora_weights=False, task_type="CAUSAL_LM"))
+        peft_model.save_pretrained(sft / name)
+    (sft / "flow_generated").mkdir()  # exists but holds no adapter
+    out = tmp_path / "table.json"
+    rc = reproduce_table.main(["--model", memorised, "--sft-dir", str(sft), "--limit", "2", "--batch-size", "2",
+                               "--dtype", "float32", "--max-gen-toks", "8", "--out", str(out)])
+    text = capsys.readouterr()
+    assert rc == 3
+    assert "python -m flowcore reproduce --preset cpu" in text.err and "flow_generated" in text.err
+    table = json.loads(out.read_text())
+    assert [r["label"] for r in table["rows"]] == [label for label, _ in reproduce_table.ROWS]
+    base, gt, sg, fg = table["rows"]
+    assert "no adapter_config.json" in fg["missing"]
+    assert base["scores"]["flow_gsm8k"] == {"accuracy": 0.5, "stderr": pytest.approx(0.5), "has_answer": 1.0, "n": 2}
+    for row in (gt, sg):
+        assert row["scores"]["flow_math"]["n"] == 2 and 0 <= row["scores"]["flow_math"]["accuracy"] <= 1
+    assert "| 0-shot base | 50.0 ± 50.0" in text.out and "| SFT flow-generated | missing" in text.out

@@ -1,0 +1,174 @@
+"""Rollouts and preference pairs: hand-made traces (labels, ties) and a real explore on a tiny model."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tinyflow
+from flowcore import adapters, data
+from flowcore.flow import Chunk, FlowConfig, FlowEngine, FlowState
+from flowcore.rollouts import answer_pair, explore, stop_pairs, stop_prompt_ids
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # the 2 shared cores are oversubscribed by other jobs: 1 thread is ~20x faster for a tiny model
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+PROBLEM = data.Problem("t/0", "gsm8k", "Janet has 3 eggs and eats 1. How many are left?", "2", "")
+
+
+def make_state(engine, texts, p_yes, end_reason):
+    """A finished flow with the given chunk texts and Stop LLM P(Yes) per chunk."""
+    chunks = []
+    for text, p in zip(texts, p_yes):
+        ids = engine.tok(text, add_special_tokens=False).input_ids
+        eos = p is None
+        chunks.append(Chunk(ids + ([engine.tok.eos_token_id] if eos else []), text, p_yes=p, eos=eos))
+    return FlowState(PROBLEM, chunks, end_reason)
+
+
+@pytest.fixture
+def engine(tiny):
+    model, tok = tiny
+    return FlowEngine(model, tok, FlowConfig(chunk_size=8, max_steps=4))
+
+
+# ---------------------------------------------------------------- Answer pairs
+
+
+def test_answer_pair_chosen_is_the_correct_side(engine):
+    original = make_state(engine, ["Step 1: 3 - 1.", " The answer is \\boxed{3}."], [0.1, None], "eos")
+    trace = engine.trace(original)
+    assert not trace.correct
+    branch = make_state(engine, ["Step 1: 3 - 1.", " So \\boxed{2}."], [0.1, None], "eos")
+    rollout, pair = answer_pair(engine, original, trace, 1, branch)
+    assert rollout.correct and rollout.extracted == "2" and rollout.node == 1
+    assert pair.role == "answer" and pair.node == 1
+    assert pair.chosen_text == " So \\boxed{2}." and pair.rejected_text == " The answer is \\boxed{3}."
+    assert pair.chosen_ids == branch.chunks[1].token_ids and pair.rejected_ids == original.chunks[1].token_ids
+    # prompt = Answer prompt + the chunks before node k, as token ids
+    assert pair.prompt_ids == engine.prompt_ids(PROBLEM) + original.chunks[0].token_ids
+    assert "reached 2 (correct)" in pair.reason and "original reached 3 (wrong)" in pair.reason
+
+    # the mirror case: original right, rollout wrong -> chosen is the original chunk
+    _, pair2 = answer_pair(engine, branch, engine.trace(branch), 1, original)
+    assert pair2.chosen_text == " So \\boxed{2}." and pair2.rejected_text == " The answer is \\boxed{3}."
+
+
+def test_ties_give_no_answer_pair(engine):
+    wrong1 = make_state(engine, ["So \\boxed{3}."], [None], "eos")
+    wrong2 = make_state(engine, ["So \\boxed{5}."], [None], "eos")
+    right1 = make_state(engine, ["So \\boxed{2}."], [None], "eos")
+    right2 = make_state(engine, ["It is \\boxed{2}."], [None], "eos")
+    assert answer_pair(engine, wrong1, engine.trace(wrong1), 0, wrong2)[1] is None
+    assert answer_pair(engine, right1, engine.trace(right1), 0, right2)[1] is None
+    # both sides graded the same although the texts differ: the Rollout is still recorded
+    rollout, _ = answer_pair(engine, right1, engine.trace(right1), 0, right2)
+    assert rollout.correct and rollout.chunk_text == "It is \\boxed{2}."
+
+
+# ---------------------------------------------------------------- Stop pairs
+
+
+def test_stop_pairs_when_the_flow_continued(engine):
+    yes, no = engine.yes_id, engine.no_id
+    # node 0: no answer yet (stop would be wrong), the flow went on and ended right -> chosen "No"
+    # node 1: the partial already says 2 (stop right), the flow went on and ended wrong -> chosen "Yes"
+    # node 2: partial wrong (3), final wrong (4) -> tie, no pair; node 3: eos, no Stop decision
+    state = make_state(engine, ["Step 1: 3 - 1.", " So \\boxed{2}.", " Wait, \\boxed{3}.", " \\boxed{4}."],
+                       [0.2, 0.3, 0.4, None], "eos")
+    trace = engine.trace(state)
+    assert not trace.correct
+    pairs = stop_pairs(engine, state, trace)
+    assert [p.node for p in pairs] == [1]
+    (p,) = pairs
+    assert (p.role, p.chosen_text, p.rejected_text, p.chosen_ids, p.rejected_ids) == ("stop", "Yes", "No", [yes], [no])
+
+    right = make_state(engine, ["Step 1: 3 - 1.", " So \\boxed{2}."], [0.2, None], "eos")
+    (q,) = stop_pairs(engine, right, engine.trace(right))
+    assert (q.node, q.chosen_text, q.chosen_ids) == (0, "No", [no])
+    # the Stop LLM's prompt about the partial answer chunks[:k+1]
+    assert q.prompt_ids == stop_prompt_ids(engine, PROBLEM, right.chunks[0].token_ids)
+    assert "stopping at node 0 would give no answer (wrong)" in q.reason
+
+
+def test_stop_pairs_when_the_flow_stopped(engine):
+    # stopped at node 0 with a wrong partial answer; continuing would have reached 2 -> chosen "No"
+    stopped = make_state(engine, ["Step 1: 3 - 1 = \\boxed{5}."], [0.9], "stop")
+    trace = engine.trace(stopped)
+    went_on = make_state(engine, ["Step 1: 3 - 1 = \\boxed{5}.", " No: \\boxed{2}."], [0.9, None], "eos")
+    (p,) = stop_pairs(engine, stopped, trace, went_on)
+    assert (p.node, p.chosen_text, p.rejected_text) == (0, "No", "Yes")
+    # continuing would also be wrong: a tie, no pair
+    also_wrong = make_state(engine, ["Step 1: 3 - 1 = \\boxed{5}.", " \\boxed{7}."], [0.9, None], "eos")
+    assert stop_pairs(engine, stopped, trace, also_wrong) == []
+    # stopped right, continuing goes wrong -> chosen "Yes"
+    stopped_right = make_state(engine, ["So \\boxed{2}."], [0.9], "stop")
+    (r,) = stop_pairs(engine, stopped_right, engine.trace(stopped_right), also_wrong)
+    assert (r.chosen_text, r.rejected_text) == ("Yes", "No")
+    # ended by max_steps: stopping or not gives the same answer, no pair at the last node
+    capped = make_state(engine, ["a", "b", "c", "So \\boxed{2}."], [0.1, 0.1, 0.1, 0.1], "max_steps")
+    assert [p.node for p in stop_pairs(engine, capped, engine.trace(capped))] == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- explore on a model
+
+
+def test_explore_pairs_match_rollout_outcomes_and_batch_all_rollouts(tmp_path):
+    model, tok = tinyflow.load_taught()
+    model = adapters.attach(model)
+    problems = data.read_jsonl(tinyflow.write_problems(tmp_path / "p.jsonl", 6), "gsm8k", "custom")
+    cfg = FlowConfig(chunk_size=6, max_steps=6, stop_threshold=1.0, batch_size=64)
+    engine = FlowEngine(model, tok, cfg)
+    torch.manual_seed(0)
+    found = explore(engine, problems, rollouts=2, temperature=1.0)
+    assert len(found) == len(problems)
+    n_rollouts = n_answer = n_stop = 0
+    for x, q in zip(found, problems):
+        t = x.trace
+        assert t.problem_id == q.id
+        assert [r.node for r in x.rollouts] == [k for k in range(len(t.chunks)) for _ in range(2)]
+        for p in x.pairs:
+            assert p.example_id == q.id and p.chosen_correct and not p.rejected_correct
+            if p.role == "answer":
+                n_answer += 1
+                assert p.chosen_ids != p.rejected_ids
+                original_text = t.chunks[p.node]["text"]
+                assert original_text in (p.chosen_text, p.rejected_text)
+                # chosen is the original's chunk exactly when the original was right
+                assert (p.chosen_text == original_text) == t.correct
+                # a pair exists only against a rollout of this node with the other outcome
+                assert any(r.node == p.node and r.correct != t.correct for r in x.rollouts)
+            else:
+                n_stop += 1
+                assert p.chosen_text in ("Yes", "No")
+        ties = [r for r in x.rollouts if r.correct == t.correct]
+        assert sum(p.role == "answer" for p in x.pairs) <= len(x.rollouts) - len(ties)
+        n_rollouts += len(x.rollouts)
+    # the taught model gives both outcomes, so this case is exercised, not vacuous
+    assert n_answer > 0 and n_stop > 0
+    assert any(x.trace.correct for x in found) and not all(x.trace.correct for x in found)
+    # one batch: the flows take <= max_steps generate calls, the rollouts' first chunks a few
+    # (resampling rows that repeat the original), their continuations <= max_steps more
+    assert n_rollouts >= 24
+    assert engine.stats["answer_calls"] <= 3 * cfg.max_steps + 4
+
+
+def test_explore_plays_out_continue_counterfactuals(tmp_path):
+    model, tok = tinyflow.load_taught()
+    model = adapters.attach(model)
+    problems = data.read_jsonl(tinyflow.write_problems(tmp_path / "p.jsonl", 4), "gsm8k", "custom")
+    engine = FlowEngine(model, tok, FlowConfig(chunk_size=6, max_steps=6, batch_size=64))
+    # a scripted Stop LLM: says Yes after the 3rd chunk ("... The final answer is \\"), before the boxed answer
+    engine.stop_probs = lambda states: [0.9 if len(s.chunks) == 3 else 0.1 for s in states]
+    torch.manual_seed(0)
+    found = explore(engine, problems)
+    assert all(x.trace.end_reason == "stop" and len(x.trace.chunks) == 3 and not x.trace.correct for x in found)
+    stop = [p for x in found for p in x.pairs if p.role == "stop"]
+    # stopping gave a wrong partial; continuing reached the gold on some problems -> chosen "No" there
+    assert stop and all(p.node == 2 and p.chosen_text == "No" and "continuing would give" in p.reason for p in stop)

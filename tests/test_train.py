@@ -1,0 +1,142 @@
+"""The online loop as a command: kill-and-resume, data parallel under accelerate, baselines and the chart."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import tinyflow
+from flowcore import baselines, plots, train
+from flowcore.results import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+       "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+SETTINGS = ["--dataset", "gsm8k", "--examples", "6", "--chunk-size", "6", "--max-steps", "6", "--stop-threshold", "1.0",
+            "--group-size", "2", "--batch-pairs", "3", "--checkpoint-every", "2", "--lr", "1e-3", "--rollouts", "1"]
+TIMING = ("seconds", "elapsed")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    return tinyflow.taught_dir(), str(tinyflow.write_problems(tmp / "problems.jsonl", 8)), tmp
+
+
+def flowcore(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "flowcore", *args], cwd=ROOT, env=env or ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def without_timing(path):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in read_jsonl(path)]
+
+
+def test_kill_and_resume_gives_the_same_run(setup, capsys):
+    model, problems, tmp = setup
+    whole, killed = tmp / "whole", tmp / "killed"
+    args = ["train", "--model", model, "--data-file", problems, *SETTINGS]
+    r = flowcore(*args, "--out", str(whole))
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    # SIGKILL after 3 examples: mid-round (rounds of 2), one example after the checkpoint at 2
+    r = flowcore(*args, "--out", str(killed), env={**ENV, "FLOWCORE_KILL_AFTER": "3"})
+    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    assert len(read_jsonl(killed / "progress.jsonl")) == 3
+    assert torch.load(killed / "checkpoint.pt", weights_only=True)["position"] == 2
+
+    # refused without --resume, or with other settings; nothing lost (in-process: no model is loaded)
+    assert train.main(args[1:] + ["--out", str(killed)]) == 1
+    assert "--resume" in capsys.readouterr().err
+    assert train.main(args[1:] + ["--out", str(killed), "--resume", "--lr", "1e-2"]) == 1
+    assert "other settings" in capsys.readouterr().err
+    assert len(read_jsonl(killed / "progress.jsonl")) == 3
+
+    r = flowcore(*args, "--out", str(killed), "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    progress = without_timing(whole / "progress.jsonl")
+    assert [p["index"] for p in progress] == list(range(6))
+    assert without_timing(killed / "progress.jsonl") == progress
+    assert read_jsonl(killed / "pairs.jsonl") == read_jsonl(whole / "pairs.jsonl")
+    # the run did learn something, so equality is not trivial
+    steps = [s for p in progress for s in p["losses"]]
+    assert steps and {s["role"] for s in steps} == {"answer", "stop"}
+    a = torch.load(whole / "checkpoint.pt", weights_only=True)["trainer"]["weights"]
+    b = torch.load(killed / "checkpoint.pt", weights_only=True)["trainer"]["weights"]
+    assert all(torch.equal(x, y) for role in a for x, y in zip(a[role], b[role]))
+    assert (killed / "adapters" / "answer" / "adapter_config.json").is_file()
+    config = json.loads((whole / "config.json").read_text())
+    assert config["command"].startswith("python -m flowcore train --model")
+    assert len(config["example_ids"]) == 6 and config["settings"]["dpo"]["batch_pairs"] == 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_accelerate_two_processes(setup):
+    model, problems, tmp = setup
+    out = tmp / "ddp"
+    # on a machine without CUDA, `--multi_gpu` (torchrun) starts 2 CPU processes in a gloo group;
+    # `--cpu --num_processes 2` would start just one in accelerate 1.15
+    cmd = [str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "-m", "flowcore", "train", "--model", model, "--data-file", problems, *SETTINGS[:3], "4",
+           *SETTINGS[4:], "--group-size", "1", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "2 processes hold identical adapters" in r.stdout + r.stderr
+    progress = read_jsonl(out / "progress.jsonl")
+    config = json.loads((out / "config.json").read_text())
+    # the two processes ran different examples; together each example once, in order
+    assert [p["index"] for p in progress] == list(range(4))
+    assert [p["problem_id"] for p in progress] == config["example_ids"]
+    assert config["settings"]["world_size"] == 2
+    assert any(p["losses"] for p in progress)
+
+
+def test_baselines_and_chart(setup):
+    model, problems, tmp = setup
+    run = tmp / "chart"
+    torch.set_num_threads(1)
+    assert train.main(["--model", model, "--data-file", problems, *SETTINGS[:3], "3", *SETTINGS[4:],
+                       "--out", str(run)]) == 0
+    with pytest.raises(FileNotFoundError, match="python -m flowcore baselines --run"):
+        plots.progressive_figure(run)
+    assert baselines.main(["--run", str(run)]) == 0
+    ids = json.loads((run / "config.json").read_text())["example_ids"]
+    for name in ("baseline_flow.jsonl", "baseline_zero_shot.jsonl"):
+        assert sorted(t["problem_id"] for t in read_jsonl(run / name)) == sorted(ids)
+    fig = plots.progressive_figure(run)
+    assert len(fig.data) == 3
+    online = [p["correct"] for p in read_jsonl(run / "progress.jsonl")]
+    assert list(fig.data[0].y) == pytest.approx([100 * sum(online[:n]) / n for n in range(1, 4)])
+    flow = {t["problem_id"]: t["correct"] for t in read_jsonl(run / "baseline_flow.jsonl")}
+    assert list(fig.data[1].y) == pytest.approx([100 * sum(flow[i] for i in ids[:n]) / n for n in range(1, 4)])
+    assert plots.main(["--run", str(run), "--no-png"]) == 0
+    assert (run / "chart.html").stat().st_size > 1000
+    with pytest.raises(FileNotFoundError, match="python -m flowcore train"):
+        plots.progressive_figure(tmp / "nothing-here")
+
+
+@pytest.mark.browser
+def test_chart_png(setup):
+    pytest.importorskip("kaleido")
+    if not shutil.which("chromium") and not shutil.which("google-chrome"):
+        pytest.skip("no Chromium for kaleido")
+    run = setup[2] / "chart"
+    if not (run / "baseline_flow.jsonl").is_file():
+        pytest.skip("needs test_baselines_and_chart's run")
+    assert plots.main(["--run", str(run)]) == 0
+    assert (run / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
