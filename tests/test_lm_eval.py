@@ -145,6 +145,7 @@ def _render(task, doc, tok):
                                 chat_template=functools.partial(HFLM.apply_chat_template, hf))
 
 
+@pytest.mark.integration
 def test_chat_prompt_is_flowcores(task_manager, tiny_tokenizer):
     """With --apply_chat_template, lm-eval's hf prompt is prompts.answer_prompt, char for char."""
     from transformers import AutoTokenizer
@@ -152,9 +153,7 @@ def test_chat_prompt_is_flowcores(task_manager, tiny_tokenizer):
     from flowcore import models
 
     toks = [tiny_tokenizer]
-    smol_dir = models.converted_dir(models.TEST_MODEL)
-    if (smol_dir / "tokenizer.json").is_file():  # the real smollm2 tokenizer (no model load)
-        toks.append(AutoTokenizer.from_pretrained(smol_dir))
+    toks.append(AutoTokenizer.from_pretrained(models.ensure_model(models.TEST_MODEL)))  # the real smollm2 tokenizer
     loaded = task_manager.load(list(TASKS))["tasks"]
     for task in loaded.values():
         docs = list(task.test_docs())[:2]
@@ -164,8 +163,6 @@ def test_chat_prompt_is_flowcores(task_manager, tiny_tokenizer):
         # without the chat template: readable plain text, and a warning (checked by the text)
         plain = task.fewshot_context(docs[0], 0)
         assert plain == prompts.ANSWER_SYSTEM + "\n\n" + docs[0]["user"]
-    if len(toks) == 1:
-        pytest.skip("smollm2 tokenizer not converted here; checked on the tiny tokenizer only")
 
 
 def test_process_results_judges_with_flowcore_grading(task_manager):
