@@ -28,6 +28,8 @@ import torch
 from flowcore import adapters, data, models
 from flowcore.data import DataError, Problem
 from flowcore.flow import Chunk, FlowConfig, FlowEngine, FlowState, Trace
+from flowcore.plots import progressive_figure
+from flowcore.rollouts import explore
 
 REPRODUCE_CMD = "python -m flowcore reproduce --preset cpu"
 TRAIN_CMD = "python -m flowcore train --model {model} --dataset gsm8k --examples 400 --out runs/NAME"
@@ -300,13 +302,6 @@ class DemoService:
             view.message = "Rollouts per node is 0: no rollouts were run."
             yield view
             return
-        try:
-            from flowcore.rollouts import explore
-        except ImportError as e:
-            view.phase = "done"
-            view.message = f"Rollouts are not available in this build (flowcore.rollouts: {e})."
-            yield view
-            return
         view.phase = "rollouts"
         yield view
         temperature = self.cfg.rollout_temperature if temperature is None else float(temperature)
@@ -335,10 +330,6 @@ class DemoService:
         run_dir = Path(self.cfg.runs_dir) / run
         if not run_dir.is_dir():
             return Figure(None, f"`{run_dir}` does not exist. Make a run with `{self.train_command}`.")
-        try:
-            from flowcore.plots import progressive_figure
-        except ImportError as e:
-            return Figure(None, f"Charts are not available in this build (flowcore.plots: {e}).")
         try:
             return Figure(progressive_figure(run_dir), "")
         except FileNotFoundError as e:  # its message names the command that makes the file

@@ -37,8 +37,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad-lines", action="store_true", help="skip malformed dataset lines instead of stopping")
 
 
-def load_model_with_adapters(model_name: str, adapter_dir: str | None):
-    net, tok = models.load(model_name)
+def load_model_with_adapters(model_name: str, adapter_dir: str | None, dtype: str = "auto"):
+    net, tok = models.load(model_name, dtype)
     if adapter_dir:
         from . import adapters
 
@@ -53,6 +53,8 @@ def main(argv: list[str]) -> int:
                    help=f"embedded name ({', '.join(models.REGISTRY)}), local dir or hub id")
     p.add_argument("--adapters", default=None, help="directory with answer/ and stop/ peft adapters (default: none = untrained flow)")
     p.add_argument("--mode", choices=("flow", "zero-shot"), default="flow")
+    p.add_argument("--dtype", choices=list(models.DTYPES), default="auto",
+                   help="auto: bf16 on GPUs / AVX512-BF16 CPUs, else fp32 (recorded in the meta file)")
     add_data_args(p)
     add_flow_args(p)
     p.add_argument("--out", required=True, help="traces JSONL (resumed if it exists with the same settings)")
@@ -68,11 +70,14 @@ def main(argv: list[str]) -> int:
         settings = {"model": args.model, "adapters": args.adapters, "mode": args.mode, "dataset": args.dataset,
                     "split": args.split, "limit": args.limit, "source": args.source, "flow": asdict(cfg)}
         out = ResultsFile(args.out, settings, overwrite=args.overwrite)
-        net, tok = load_model_with_adapters(args.model, args.adapters)
+        net, tok = load_model_with_adapters(args.model, args.adapters, args.dtype)
     except (data.DataError, models.ModelError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
+    from .results import runtime
+
+    out.note("runtime", runtime(net))
     todo = [q for q in problems if q.id not in out.done()]
     engine = FlowEngine(net, tok, cfg)
     from tqdm import tqdm

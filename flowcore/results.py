@@ -25,9 +25,28 @@ def git_commit() -> str | None:
         return None
 
 
+def command_line() -> str:
+    """The command as a user would type it (``python -m flowcore ...`` for module runs)."""
+    prog = Path(sys.argv[0])
+    head = f"python -m {prog.parent.name}" if prog.name == "__main__.py" else f"python {sys.argv[0]}"
+    return " ".join([head, *sys.argv[1:]])
+
+
+def runtime(model=None) -> dict:
+    """What the numbers depend on beyond the settings: dtype, threads, library versions."""
+    import torch
+    import transformers
+
+    info = {"torch": torch.__version__, "transformers": transformers.__version__,
+            "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    if model is not None:
+        info["dtype"] = str(getattr(model, "dtype", ""))
+    return info
+
+
 def provenance(settings: dict) -> dict:
     return {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command_line(),
         "settings": settings,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "git_commit": git_commit(),
@@ -97,6 +116,11 @@ class ResultsFile:
             f.flush()
             os.fsync(f.fileno())
         self.records.append(record)
+
+    def note(self, key: str, value) -> None:
+        """Record extra provenance (not part of the settings that resuming compares)."""
+        self.meta[key] = value
+        self._write_meta()
 
     def finish(self, summary: dict) -> None:
         self.meta["summary"] = summary
