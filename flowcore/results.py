@@ -16,6 +16,30 @@ import time
 from pathlib import Path
 
 
+def append_jsonl(path: str | Path, records: list[dict]) -> None:
+    """Append records and fsync, so a kill right after loses nothing written."""
+    with open(path, "a", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_jsonl_atomic(path: str | Path, records: list[dict]) -> None:
+    """Replace a JSONL file in one step (a reader never sees half of it)."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -98,23 +122,16 @@ class ResultsFile:
     def _rewrite_clean(self) -> None:
         # drop a torn last line so appends start on a fresh line
         if self.path.is_file():
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_jsonl_atomic(self.path, self.records)
 
     def _write_meta(self) -> None:
-        tmp = self.meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.meta, indent=2))
-        os.replace(tmp, self.meta_path)
+        write_json_atomic(self.meta_path, self.meta)
 
     def done(self) -> set:
         return {r[self.key] for r in self.records}
 
     def append(self, record: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.path, [record])
         self.records.append(record)
 
     def note(self, key: str, value) -> None:

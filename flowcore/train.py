@@ -110,26 +110,9 @@ def load_problems(dataset: str, split: str, source: str = "local", data_file: st
     return data.load(dataset, split, None, source)
 
 
-def append_jsonl(path: Path, records: list[dict]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def truncate_jsonl(path: Path, position: int) -> None:
     """Keep only the records of examples before ``position`` (written before the checkpoint)."""
-    keep = [r for r in results.read_jsonl(path) if r["index"] < position]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    results.write_jsonl_atomic(path, [r for r in results.read_jsonl(path) if r["index"] < position])
 
 
 def save_checkpoint(run: Path, trainer: OnlineDPO, peft_model, position: int, pending: dict,
@@ -228,7 +211,7 @@ def prepare_run(args: argparse.Namespace, argv: list[str], problems: list, flow:
         run.mkdir(parents=True, exist_ok=True)
         config = {**results.provenance(settings), "example_ids": [q.id for q in problems]}
         config["command"] = "python -m flowcore train " + shlex.join(argv)
-        write_json_atomic(config_path, config)
+        results.write_json_atomic(config_path, config)
     return run
 
 
@@ -321,8 +304,8 @@ def train(net, tok, problems: list[data.Problem], run: Path, flow: FlowConfig, d
                     "losses": steps if j == len(found) - 1 else [],
                     "seconds": round(seconds / len(found), 3), "elapsed": round(elapsed, 3),
                 }
-                append_jsonl(run / PAIRS, [{"index": i, **p.to_dict()} for p in x.pairs])
-                append_jsonl(run / PROGRESS, [record])
+                results.append_jsonl(run / PAIRS, [{"index": i, **p.to_dict()} for p in x.pairs])
+                results.append_jsonl(run / PROGRESS, [record])
                 written += 1
                 pairs_made += len(x.pairs)
                 done_correct.append(t.correct)
