@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import data, models, stats
 from .flow import FlowConfig, FlowEngine, zero_shot_config
-from .results import ResultsFile
+from .results import ResultsFile, cli_command
 
 FILES = {"flow": "baseline_flow.jsonl", "zero-shot": "baseline_zero_shot.jsonl"}
 
@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
         cfg = zero_shot_config(flow) if mode == "zero-shot" else flow
         info = {"model": settings["model"], "mode": mode, "dataset": settings["dataset"], "split": settings["split"],
                 "example_ids": config["example_ids"], "flow": asdict(cfg)}
-        out = ResultsFile(run / FILES[mode], info)
+        out = ResultsFile(run / FILES[mode], info, cli_command("baselines", argv))
         todo = [q for q in problems if q.id not in out.done()]
         engine = FlowEngine(net, tok, cfg)
         t0 = time.time()

@@ -13,7 +13,7 @@ from dataclasses import asdict, fields
 
 from . import data, models, stats
 from .flow import FlowConfig, FlowEngine, zero_shot_config
-from .results import ResultsFile
+from .results import ResultsFile, cli_command, runtime
 
 
 def add_flow_args(p: argparse.ArgumentParser) -> None:
@@ -69,13 +69,11 @@ def main(argv: list[str]) -> int:
             cfg = zero_shot_config(cfg)
         settings = {"model": args.model, "adapters": args.adapters, "mode": args.mode, "dataset": args.dataset,
                     "split": args.split, "limit": args.limit, "source": args.source, "flow": asdict(cfg)}
-        out = ResultsFile(args.out, settings, overwrite=args.overwrite)
+        out = ResultsFile(args.out, settings, cli_command("generate", argv), overwrite=args.overwrite)
         net, tok = load_model_with_adapters(args.model, args.adapters, args.dtype)
     except (data.DataError, models.ModelError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-
-    from .results import runtime
 
     out.note("runtime", runtime(net))
     todo = [q for q in problems if q.id not in out.done()]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -49,11 +49,9 @@ def git_commit() -> str | None:
         return None
 
 
-def command_line() -> str:
-    """The command as a user would type it (``python -m flowcore ...`` for module runs)."""
-    prog = Path(sys.argv[0])
-    head = f"python -m {prog.parent.name}" if prog.name == "__main__.py" else f"python {sys.argv[0]}"
-    return " ".join([head, *sys.argv[1:]])
+def cli_command(name: str, argv: list[str]) -> str:
+    """The command as a user types it: ``python -m flowcore NAME ARGS``."""
+    return shlex.join(["python", "-m", "flowcore", name, *argv])
 
 
 def runtime(model=None) -> dict:
@@ -68,9 +66,9 @@ def runtime(model=None) -> dict:
     return info
 
 
-def provenance(settings: dict) -> dict:
+def provenance(settings: dict, command: str) -> dict:
     return {
-        "command": command_line(),
+        "command": command,
         "settings": settings,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "git_commit": git_commit(),
@@ -97,7 +95,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 class ResultsFile:
-    def __init__(self, path: str | Path, settings: dict, key: str = "problem_id", overwrite: bool = False):
+    def __init__(self, path: str | Path, settings: dict, command: str, key: str = "problem_id",
+                 overwrite: bool = False):
         self.path = Path(path)
         self.meta_path = self.path.with_suffix(".meta.json")
         self.key = key
@@ -114,7 +113,7 @@ class ResultsFile:
                                  "use another output path or --overwrite")
             self.meta = old
         else:
-            self.meta = provenance(settings)
+            self.meta = provenance(settings, command)
         self.records = read_jsonl(self.path)
         self._rewrite_clean()
         self._write_meta()

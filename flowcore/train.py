@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import random
-import shlex
 import shutil
 import signal
 import sys
@@ -209,8 +208,8 @@ def prepare_run(args: argparse.Namespace, argv: list[str], problems: list, flow:
         if config_path.exists() or (run / PROGRESS).exists():
             raise TrainError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
         run.mkdir(parents=True, exist_ok=True)
-        config = {**results.provenance(settings), "example_ids": [q.id for q in problems]}
-        config["command"] = "python -m flowcore train " + shlex.join(argv)
+        config = {**results.provenance(settings, results.cli_command("train", argv)),
+                  "example_ids": [q.id for q in problems]}
         results.write_json_atomic(config_path, config)
     return run
 

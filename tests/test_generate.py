@@ -29,6 +29,7 @@ def test_generate_writes_traces_and_resumes_after_a_kill(tiny_dir, tmp_path, cap
     assert sorted(r["problem_id"] for r in records) == [f"gsm8k/test/{i}" for i in range(5)]
     meta = json.loads(full.with_suffix(".meta.json").read_text())
     assert meta["settings"]["flow"]["chunk_size"] == 4 and meta["summary"]["n"] == 5 and meta["git_commit"] is not None
+    assert meta["command"].startswith("python -m flowcore generate --model ")
 
     # a run killed after two traces, mid-way through writing the third
     killed = tmp_path / "killed.jsonl"
