@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 from . import data, models, stats
 from .flow import FlowConfig, FlowEngine, zero_shot_config
+from .generate import solve_into
 from .results import ResultsFile, cli_command
 
 FILES = {"flow": "baseline_flow.jsonl", "zero-shot": "baseline_zero_shot.jsonl"}
@@ -70,23 +70,13 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
-    from tqdm import tqdm
-
     for mode in (FILES if args.which == "both" else [args.which]):
         cfg = zero_shot_config(flow) if mode == "zero-shot" else flow
         info = {"model": settings["model"], "mode": mode, "dataset": settings["dataset"], "split": settings["split"],
                 "example_ids": config["example_ids"], "flow": asdict(cfg)}
         out = ResultsFile(run / FILES[mode], info, cli_command("baselines", argv))
-        todo = [q for q in problems if q.id not in out.done()]
-        engine = FlowEngine(net, tok, cfg)
-        t0 = time.time()
-        bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"baseline {mode}", unit="example")
-        for trace in engine.solve(todo):
-            out.append(trace.to_dict())
-            bar.set_postfix(acc=f"{100 * stats.accuracy([r['correct'] for r in out.records])['accuracy']:.1f}%")
-            bar.update(1)
-        bar.close()
+        seconds = solve_into(FlowEngine(net, tok, cfg), problems, out, desc=f"baseline {mode}")
         acc = stats.accuracy([r["correct"] for r in out.records])
-        out.finish({**acc, "seconds": round(time.time() - t0, 1)})
+        out.finish({**acc, "seconds": round(seconds, 1)})
         print(f"baseline {mode}: {stats.fmt(acc)} -> {run / FILES[mode]}")
     return 0

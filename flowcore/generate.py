@@ -46,6 +46,23 @@ def load_model_with_adapters(model_name: str, adapter_dir: str | None, dtype: st
     return net, tok
 
 
+def solve_into(engine: FlowEngine, problems: list[data.Problem], out: ResultsFile, desc: str) -> float:
+    """Solve the problems not yet in ``out``, appending each trace as its flow finishes; returns seconds."""
+    from tqdm import tqdm
+
+    todo = [q for q in problems if q.id not in out.done()]
+    t0 = time.time()
+    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=desc, unit="problem")
+    for trace in engine.solve(todo):
+        out.append(trace.to_dict())
+        acc = stats.accuracy([r["correct"] for r in out.records])
+        rate = engine.stats["generated_tokens"] / max(1e-9, time.time() - t0)
+        bar.set_postfix(acc=f"{100 * acc['accuracy']:.1f}%", tok_s=f"{rate:.0f}")
+        bar.update(1)
+    bar.close()
+    return time.time() - t0
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m flowcore generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,22 +93,11 @@ def main(argv: list[str]) -> int:
         return 1
 
     out.note("runtime", runtime(net))
-    todo = [q for q in problems if q.id not in out.done()]
     engine = FlowEngine(net, tok, cfg)
-    from tqdm import tqdm
-
-    t0 = time.time()
-    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"{args.mode} {args.dataset}", unit="problem")
-    for trace in engine.solve(todo):
-        out.append(trace.to_dict())
-        acc = stats.accuracy([r["correct"] for r in out.records])
-        bar.set_postfix(acc=f"{100 * acc['accuracy']:.1f}%", tok_s=f"{engine.stats['generated_tokens'] / max(1e-9, time.time() - t0):.0f}")
-        bar.update(1)
-    bar.close()
+    seconds = solve_into(engine, problems, out, desc=f"{args.mode} {args.dataset}")
 
     wanted = {q.id for q in problems}
     acc = stats.accuracy([r["correct"] for r in out.records if r["problem_id"] in wanted])
-    seconds = time.time() - t0
     summary = {**acc, "generated_tokens": engine.stats["generated_tokens"], "seconds": round(seconds, 1),
                "mean_chunks": sum(len(r["chunks"]) for r in out.records) / max(1, len(out.records)),
                "answered": sum(r["extracted"] is not None for r in out.records)}
