@@ -116,6 +116,10 @@ class Figure:
 
 # ---------------------------------------------------------------- adapter files
 
+def console_log(msg: str) -> None:
+    print(f"[flowcore app] {msg}", file=sys.stderr, flush=True)
+
+
 def find_adapter_dir(directory: Path) -> Path | None:
     """A peft adapter directory: ``directory`` itself, or its only sub-folder with an adapter."""
     if (directory / "adapter_config.json").is_file():
@@ -140,7 +144,7 @@ class DemoService:
 
     def __init__(self, model, tokenizer, config: DemoConfig | None = None, log: Callable[[str], None] | None = None):
         self.cfg = config or DemoConfig()
-        self.log = log or (lambda msg: print(f"[flowcore app] {msg}", file=sys.stderr, flush=True))
+        self.log = log or console_log
         self.tok = tokenizer
         self.lock = threading.Lock()
         self._problems: dict[str, list[Problem]] = {}
@@ -150,7 +154,7 @@ class DemoService:
     @classmethod
     def load(cls, config: DemoConfig, log: Callable[[str], None] | None = None) -> "DemoService":
         """Load the model named in ``config`` (once, at start-up) and attach the adapters."""
-        log = log or (lambda msg: print(f"[flowcore app] {msg}", file=sys.stderr, flush=True))
+        log = log or console_log
         log(f"[1/3] loading model {config.model} ...")
         t0 = time.time()
         model, tok = models.load(config.model)

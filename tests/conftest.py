@@ -77,6 +77,15 @@ def tiny(tiny_tokenizer):
     return build_tiny_model(tiny_tokenizer), tiny_tokenizer
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: a tiny model runs much faster so, above all when other jobs share the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def smol():
     """(model, tokenizer) of the real smallest embedded model (fetch + convert on first use)."""

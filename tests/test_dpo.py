@@ -13,12 +13,7 @@ from flowcore.flow import FlowConfig, FlowEngine
 from flowcore.rollouts import Pair, explore
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_dpo_loss_matches_hand_computation():

@@ -10,13 +10,7 @@ from flowcore.flow import Chunk, FlowConfig, FlowEngine, FlowState
 from flowcore.rollouts import answer_pair, explore, stop_pairs, stop_prompt_ids
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the 2 shared cores are oversubscribed by other jobs: 1 thread is ~20x faster for a tiny model
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 PROBLEM = data.Problem("t/0", "gsm8k", "Janet has 3 eggs and eats 1. How many are left?", "2", "")

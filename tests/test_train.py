@@ -106,10 +106,9 @@ def test_accelerate_two_processes(setup):
     assert any(p["losses"] for p in progress)
 
 
-def test_baselines_and_chart(setup):
+def test_baselines_and_chart(setup, one_thread):
     model, problems, tmp = setup
     run = tmp / "chart"
-    torch.set_num_threads(1)
     assert train.main(["--model", model, "--data-file", problems, *SETTINGS[:3], "3", *SETTINGS[4:],
                        "--out", str(run)]) == 0
     with pytest.raises(FileNotFoundError, match="python -m flowcore baselines --run"):
