@@ -59,7 +59,7 @@ def last_boxed(text: str) -> str | None:
 
 
 def _clean_span(span: str) -> str:
-    span = span.strip()
+    """Drop surrounding ``$`` and a trailing ``.`` on either side of them ("$18." and "18.$" -> "18")."""
     span = re.sub(r"^\$+|\$+$", "", span.strip().rstrip(".").strip()).strip()
     return span.rstrip(".").strip()
 
