@@ -5,7 +5,9 @@ import html
 import json
 from pathlib import Path
 
-from .services import PAPER_TABLE1, REPRODUCE_CMD, Answer, FlowView
+from flowcore.evaluate import PAPER_TABLE1
+
+from .services import REPRODUCE_CMD, Answer, FlowView
 
 END_REASONS = {
     "eos": "the Answer LLM ended its answer (end-of-turn token)",

@@ -27,6 +27,7 @@ import torch
 
 from flowcore import adapters, data, models
 from flowcore.data import DataError, Problem
+from flowcore.evaluate import LABELS, MODELS, ZERO_SHOT
 from flowcore.flow import Chunk, FlowConfig, FlowEngine, FlowState, Trace
 from flowcore.plots import progressive_figure
 from flowcore.rollouts import explore
@@ -34,25 +35,10 @@ from flowcore.rollouts import explore
 REPRODUCE_CMD = "python -m flowcore reproduce --preset cpu"
 TRAIN_CMD = "python -m flowcore train --model {model} --dataset gsm8k --examples 400 --out runs/NAME"
 
-SFT_SOURCES = {  # source -> column label (FLOW-DPO.md Table 1)
-    "ground_truth": "SFT ground truth",
-    "self_generated": "SFT self-generated",
-    "flow_generated": "SFT Flow-generated",
-}
-ZERO_SHOT = "zero_shot"
+SFT_SOURCES = {m: LABELS[m] for m in MODELS if m != ZERO_SHOT}  # source -> column label (FLOW-DPO.md Table 1)
 COLUMNS = {ZERO_SHOT: "0-shot (base model)", **SFT_SOURCES}
 
 PROBLEM_SETS = {"GSM8K test": ("gsm8k", "test"), "MATH test500": ("math", "test500")}
-
-# Paper Table 1 (accuracy %), Deng & Mineiro 2024, arXiv 2410.22304 (see FLOW-DPO.md).
-PAPER_TABLE1 = [
-    {"model": "Llama-3-8B-Instruct", "data": "GSM8K", "0-shot": 48.9, "SFT ground truth": 67.2,
-     "SFT self-generated": 68.8, "SFT Flow-generated": 71.3},
-    {"model": "Llama-3-8B-Instruct", "data": "MATH", "0-shot": 22.3, "SFT ground truth": 25.1,
-     "SFT self-generated": 24.2, "SFT Flow-generated": 27.8},
-    {"model": "Phi-3-medium", "data": "MATH", "0-shot": 35.4, "SFT ground truth": 36.3,
-     "SFT self-generated": 36.5, "SFT Flow-generated": 38.6},
-]
 
 
 class InputError(ValueError):

@@ -25,5 +25,6 @@ COMMANDS = {
     "train": (".train", "main"),
     "baselines": (".baselines", "main"),
     "plot": (".plots", "main"),
+    "reproduce": (".reproduce", "main"),
     "lm-eval": (".lm_eval_cli", "main"),
 }

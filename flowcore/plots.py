@@ -88,15 +88,21 @@ def main(argv: list[str]) -> int:
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    fig.write_html(run / "chart.html", include_plotlyjs="directory")
-    print(f"wrote {run / 'chart.html'}")
-    if args.no_png:
-        return 0
+    return 0 if write_figure(fig, run, "chart", png=not args.no_png) else 1
+
+
+def write_figure(fig, directory: str | Path, stem: str, png: bool = True) -> bool:
+    """``stem.html`` (plotly.min.js beside it, so it opens offline) and ``stem.png``; False if the PNG failed."""
+    directory = Path(directory)
+    fig.write_html(directory / f"{stem}.html", include_plotlyjs="directory")
+    print(f"wrote {directory / (stem + '.html')}")
+    if not png:
+        return True
     try:
-        fig.write_image(run / "chart.png")
+        fig.write_image(directory / f"{stem}.png")
     except Exception as e:  # kaleido missing, or no Chrome/Chromium for it to drive
-        print(f"error: chart.png not written ({type(e).__name__}: {e}); install kaleido and Chromium, "
+        print(f"error: {stem}.png not written ({type(e).__name__}: {e}); install kaleido and Chromium, "
               "or pass --no-png", file=sys.stderr)
-        return 1
-    print(f"wrote {run / 'chart.png'}")
-    return 0
+        return False
+    print(f"wrote {directory / (stem + '.png')}")
+    return True

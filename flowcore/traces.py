@@ -1,0 +1,105 @@
+"""SFT traces from three sources on one prompt set, and the equal-count selection (FLOW-DPO.md section 3).
+
+- ``ground_truth``: the dataset's own solution. GSM8K: the ``<<48/2=24>>``
+  calculator notes are stripped and the ``#### N`` line becomes "The final
+  answer is \\boxed{N}." (the form the Answer prompt asks for). MATH solutions
+  already end in ``\\boxed{}`` and are kept as they are.
+- ``self_generated``: the base model's own zero-shot samples (same prompt and
+  token budget as the zero-shot baseline), correct ones kept.
+- ``flow_generated``: the trained flow's traces (Answer + Stop adapters of an
+  online-DPO run), correct ones kept.
+
+Every sample, right or wrong, is written to ``<source>.jsonl`` (one graded
+trace per line, resumable) so the selection can be audited and redone.
+
+Selection rule (``select``): a prompt is used only if EVERY source has at
+least one correct trace for it; each source then gives exactly one trace per
+used prompt (its first correct sample). So the three SFT sets have the same
+number of traces, on the same prompts, and differ only in who wrote them.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+from . import grading
+from .data import Problem
+from .flow import FlowEngine
+from .generate import solve_into
+from .results import ResultsFile
+
+SOURCES = ("ground_truth", "self_generated", "flow_generated")
+SELECTION_RULE = (
+    "A prompt is used only if every source (ground truth, self-generated, flow-generated) has at least one "
+    "correct trace for it; each source gives exactly one trace per used prompt (its first correct sample, "
+    "by sample index). All three SFT sets therefore hold the same number of traces, on the same prompts."
+)
+SAMPLE_SEP = "#"  # trace key = "<problem id>#<sample index>"
+
+
+class SelectionError(ValueError):
+    """No prompt has a correct trace from every source: nothing to compile."""
+
+
+def ground_truth_text(problem: Problem) -> str:
+    """The dataset's solution in the answer form the model is asked for."""
+    if problem.dataset == "gsm8k":
+        body = problem.solution.rsplit("####", 1)[0]
+        body = re.sub(r"<<[^<>]*>>", "", body).strip()
+        return f"{body}\nThe final answer is \\boxed{{{problem.gold}}}."
+    return problem.solution.strip()
+
+
+def ground_truth_records(problems: list[Problem]) -> list[dict]:
+    """One graded record per problem, in the same form as a model's trace."""
+    records = []
+    for p in problems:
+        text = ground_truth_text(p)
+        g = grading.grade(text, p.gold, p.dataset)
+        records.append({"key": f"{p.id}{SAMPLE_SEP}0", "problem_id": p.id, "sample": 0, "dataset": p.dataset,
+                        "gold": p.gold, "completion": text, "extracted": g.extracted, "correct": g.correct})
+    return records
+
+
+def sampled(problems: list[Problem], samples: int) -> list[Problem]:
+    """``samples`` copies of each problem, ids ``<id>#<k>`` (one trace each)."""
+    return [replace(p, id=f"{p.id}{SAMPLE_SEP}{k}") for p in problems for k in range(samples)]
+
+
+def collect(engine: FlowEngine, problems: list[Problem], samples: int, out: ResultsFile, desc: str) -> list[dict]:
+    """Traces of every (problem, sample) not yet in ``out``; returns all of ``out``'s records."""
+    solve_into(engine, sampled(problems, samples), out, desc=desc)
+    return out.records
+
+
+def split_key(key: str) -> tuple[str, int]:
+    pid, _, k = key.rpartition(SAMPLE_SEP)
+    return pid, int(k)
+
+
+def select(records: dict[str, list[dict]], prompt_ids: list[str]) -> dict[str, list[dict]]:
+    """The equal-count selection (``SELECTION_RULE``), in prompt order.
+
+    ``records[source]``: graded traces keyed ``problem_id`` = ``<id>#<k>`` (model
+    sources) or with ``problem_id``/``sample`` fields (ground truth). Returns,
+    per source, ``{"problem_id", "dataset", "sample", "completion"}`` rows.
+    """
+    missing = [s for s in SOURCES if s not in records]
+    if missing:
+        raise ValueError(f"no traces for source(s) {', '.join(missing)}")
+    best: dict[str, dict[str, dict]] = {}
+    for source in SOURCES:
+        firsts: dict[str, dict] = {}
+        for r in records[source]:
+            if not r["correct"]:
+                continue
+            pid, k = (r["problem_id"], r.get("sample", 0)) if "sample" in r else split_key(r["problem_id"])
+            if pid not in firsts or k < firsts[pid]["sample"]:
+                firsts[pid] = {"problem_id": pid, "dataset": r["dataset"], "sample": k, "completion": r["completion"]}
+        best[source] = firsts
+    used = [pid for pid in prompt_ids if all(pid in best[s] for s in SOURCES)]
+    if not used:
+        counts = ", ".join(f"{s}: {len(best[s])}" for s in SOURCES)
+        raise SelectionError(f"no prompt has a correct trace from every source (prompts with one: {counts}); "
+                             "use more prompts or more samples per prompt")
+    return {s: [best[s][pid] for pid in used] for s in SOURCES}

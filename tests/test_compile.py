@@ -1,0 +1,201 @@
+"""Compile (issue 5): ground-truth traces, the equal-count selection, SFT loss masking and resume,
+and the whole `reproduce` pipeline on a tiny model."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+import tinyflow
+from flowcore import compile as sft_mod
+from flowcore import data, evaluate, grading, reproduce, traces
+from flowcore.compile import CompileConfig
+from flowcore.evaluate import EvalSet
+from flowcore.flow import FlowConfig
+
+
+# ---------------------------------------------------------------- ground truth
+
+
+def test_gsm8k_ground_truth_on_real_rows():
+    p = data.load("gsm8k", "train", limit=1)[0]
+    assert "<<" in p.solution and "####" in p.solution  # the real row has calculator notes
+    text = traces.ground_truth_text(p)
+    # Natalia sold 48/2 = <<48/2=24>>24 clips in May. ... #### 72
+    assert "<<" not in text and ">>" not in text and "####" not in text
+    assert "48/2 = 24 clips in May" in text
+    assert text.endswith("The final answer is \\boxed{72}.")
+    assert grading.extract_answer(text) == "72" and grading.is_correct(text, "72", "gsm8k")
+
+
+def test_every_gsm8k_train_ground_truth_grades_correct():
+    problems = data.load("gsm8k", "train")
+    records = traces.ground_truth_records(problems)
+    wrong = [r["problem_id"] for r in records if not r["correct"]]
+    assert not wrong, f"{len(wrong)} of {len(records)} ground-truth traces grade wrong: {wrong[:5]}"
+    assert not any(re.search(r"<<[^<>]*>>", r["completion"]) for r in records)
+
+
+def test_math_ground_truth_is_the_solution_and_grades_correct():
+    problems = data.load("math", "train", limit=200)
+    records = traces.ground_truth_records(problems)
+    assert [r["completion"] for r in records] == [p.solution.strip() for p in problems]
+    assert all(r["correct"] for r in records)
+
+
+# ---------------------------------------------------------------- selection
+
+
+def _rec(pid, k, correct, text=""):
+    return {"problem_id": f"{pid}#{k}", "dataset": "gsm8k", "correct": correct, "completion": text or f"{pid}-{k}"}
+
+
+def test_selection_takes_prompts_every_source_solved_with_equal_counts():
+    gt = [{"problem_id": p, "sample": 0, "dataset": "gsm8k", "correct": True, "completion": f"gt-{p}"}
+          for p in ("a", "b", "c", "d")]
+    self_ = [_rec("a", 0, False), _rec("a", 1, True), _rec("a", 2, True), _rec("b", 0, True),
+             _rec("c", 0, False), _rec("d", 0, True)]
+    flow = [_rec("a", 0, True), _rec("b", 0, False), _rec("c", 0, True), _rec("d", 1, True), _rec("d", 0, True)]
+    chosen = traces.select({"ground_truth": gt, "self_generated": self_, "flow_generated": flow},
+                           ["d", "c", "b", "a"])
+    # b: flow never right; c: self never right -> only d and a, in prompt order, one trace each
+    assert {s: [r["problem_id"] for r in rows] for s, rows in chosen.items()} == {
+        s: ["d", "a"] for s in traces.SOURCES}
+    assert [r["completion"] for r in chosen["self_generated"]] == ["d-0", "a-1"]  # first correct sample
+    assert [r["completion"] for r in chosen["flow_generated"]] == ["d-0", "a-0"]
+    assert [r["completion"] for r in chosen["ground_truth"]] == ["gt-d", "gt-a"]
+
+
+def test_selection_with_no_common_prompt_is_a_clear_error():
+    gt = [{"problem_id": "a", "sample": 0, "dataset": "gsm8k", "correct": True, "completion": "x"}]
+    with pytest.raises(traces.SelectionError, match="no prompt has a correct trace from every source"):
+        traces.select({"ground_truth": gt, "self_generated": [_rec("a", 0, True)],
+                       "flow_generated": [_rec("a", 0, False)]}, ["a"])
+
+
+# ---------------------------------------------------------------- SFT
+
+
+def test_sft_loss_is_the_answer_tokens_only(tiny):
+    model, tok = tiny
+    batch = [sft_mod.encode(tok, "Janet has 16 eggs.", "She has 13 left. \\boxed{13}", 100),
+             sft_mod.encode(tok, "Add 3 and 4, then more words here.", "7", 100)]
+    ours = sft_mod.answer_nll(model, batch, tok.pad_token_id)
+    # the same examples through transformers' own loss with the prompt labels masked (-100)
+    total = 0.0
+    for prompt, answer, _ in batch:
+        ids = torch.tensor([prompt + answer])
+        labels = torch.tensor([[-100] * len(prompt) + answer])
+        total += model(input_ids=ids, labels=labels).loss.item() * len(answer)
+    assert ours.item() == pytest.approx(total, rel=1e-4)
+    assert batch[1][1] == tok("7", add_special_tokens=False).input_ids + [tok.eos_token_id]
+
+
+def _rows():
+    return [{"question": q, "completion": tinyflow.ANSWER % (1 + i % 2)} for i, q in enumerate(tinyflow.QUESTIONS[:6])]
+
+
+def _lora_weights(model, name):
+    return [p.detach().clone() for p in sft_mod.adapter_params(model, name)]
+
+
+def test_sft_trains_only_its_adapter_and_writes_a_peft_dir(tiny, tmp_path, one_thread):
+    model, tok = tiny
+    cfg = CompileConfig(batch_size=4, micro_batch=2, epochs=2, lr=1e-2, lora_r=4, lora_alpha=4)
+    model = sft_mod.sft(model, tok, "ground_truth", _rows(), cfg, tmp_path / "sft" / "ground_truth")
+    first = _lora_weights(model, "ground_truth")
+    model = sft_mod.sft(model, tok, "self_generated", _rows(), cfg, tmp_path / "sft" / "self_generated")
+    assert all(torch.equal(a, b) for a, b in zip(first, _lora_weights(model, "ground_truth")))
+    out = tmp_path / "sft" / "self_generated"
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "sft" / "self_generated.partial").exists()
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]  # 6 examples, batch 4 -> 2 steps per epoch
+    assert log[-1]["loss"] < log[0]["loss"]
+    meta = json.loads((out / "sft.json").read_text())
+    assert meta["settings"]["examples"] == 6 and meta["settings"]["compile"]["lora_r"] == 4
+
+
+def test_sft_killed_midway_resumes_to_the_same_adapter(tiny_tokenizer, tmp_path, monkeypatch, one_thread):
+    from conftest import build_tiny_model
+
+    tok = tiny_tokenizer
+    cfg = CompileConfig(batch_size=2, micro_batch=1, epochs=2, lr=1e-2, lora_r=4, lora_alpha=4)
+    full = sft_mod.sft(build_tiny_model(tok), tok, "x", _rows(), cfg, tmp_path / "full")
+    expected = _lora_weights(full, "x")
+
+    real_append, calls = sft_mod.results.append_jsonl, {"n": 0}
+
+    def dies_on_third_step(path, records):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        real_append(path, records)
+
+    monkeypatch.setattr(sft_mod.results, "append_jsonl", dies_on_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        sft_mod.sft(build_tiny_model(tok), tok, "x", _rows(), cfg, tmp_path / "resumed")
+    assert (tmp_path / "resumed.partial" / "checkpoint.pt").is_file()
+    monkeypatch.setattr(sft_mod.results, "append_jsonl", real_append)
+    resumed = sft_mod.sft(build_tiny_model(tok), tok, "x", _rows(), cfg, tmp_path / "resumed")
+    for a, b in zip(expected, _lora_weights(resumed, "x")):
+        torch.testing.assert_close(a, b)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+# ---------------------------------------------------------------- the pipeline
+
+
+def test_tiny_pipeline_end_to_end(tmp_path, one_thread, capsys):
+    problems = str(tinyflow.write_problems(tmp_path / "problems.jsonl", 12))
+    flow = FlowConfig(chunk_size=8, max_steps=4, stop_threshold=1.0, batch_size=4)
+    cfg = reproduce.ReproduceConfig(
+        preset="test", out=str(tmp_path / "results"), model=tinyflow.taught_dir(),
+        prompt_sets=[reproduce.PromptSet("gsm8k", 10, data_file=problems)],
+        samples=2, sample_temperature=0.7, flow=flow,
+        dpo_run=str(tmp_path / "run"),
+        dpo_args={"dataset": "gsm8k", "data_file": problems, "examples": 4, "chunk_size": 8, "max_steps": 4,
+                  "stop_threshold": 1.0, "group_size": 2, "batch_pairs": 2, "lr": 1e-3},
+        eval_sets=[EvalSet("gsm8k", "custom", 8, data_file=problems), EvalSet("gsm8k", "custom", 4, data_file=problems)],
+        compile=CompileConfig(batch_size=4, micro_batch=2, epochs=1, lora_r=4, lora_alpha=4),
+    )
+    pipe = reproduce.Pipeline(cfg, "python -m flowcore reproduce --preset test")
+    pipe.run()
+    out = tmp_path / "results"
+    selection = json.loads((out / "sft_data" / "selection.json").read_text())
+    n = selection["traces_per_source"]
+    assert n > 0 and selection["rule"] == traces.SELECTION_RULE
+    for source in traces.SOURCES:
+        rows = [json.loads(x) for x in (out / "sft_data" / f"{source}.jsonl").read_text().splitlines()]
+        assert len(rows) == n
+        assert (out / "sft" / source / "adapter_config.json").is_file()
+    tab = json.loads((out / "table.json").read_text())
+    assert [r["model"] for r in tab["rows"]] == ["0-shot", "SFT ground truth", "SFT self-generated",
+                                                  "SFT Flow-generated"]
+    assert tab["command"] == "python -m flowcore reproduce --preset test"
+    for name in ("gsm8k-problems-first8", "gsm8k-problems-first4"):
+        for row in evaluate.MODELS:
+            recs = [json.loads(x) for x in (out / "eval" / row / f"{name}.jsonl").read_text().splitlines()]
+            assert len(recs) == int(name[-1])
+            acc = tab["cells"][name][row]
+            assert acc["correct"] == sum(r["correct"] for r in recs)
+    assert len(tab["comparisons"]) == 6
+    md = (out / "table.md").read_text()
+    assert "SFT Flow-generated" in md and "48.9" in md  # ours and the paper's
+    assert (out / "chart.html").is_file()
+
+    # rerunning the same command does nothing new; other settings are refused
+    before = {p: p.read_text() for p in (out / "eval").rglob("*.jsonl")}
+    pipe.run(("traces", "sft", "eval"))
+    assert before == {p: p.read_text() for p in (out / "eval").rglob("*.jsonl")}
+    cfg.samples = 3
+    with pytest.raises(reproduce.ReproduceError, match="other settings"):
+        reproduce.Pipeline(cfg, "x").run()
+
+
+def test_reproduce_cli_rejects_unknown_stage(capsys):
+    assert reproduce.main(["--preset", "cpu", "--stages", "traces,bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err
