@@ -5,7 +5,8 @@ Both roles are the same base model with LoRA adapters ``answer`` and ``stop``
 
 Batching: many flows advance in lockstep. Each ``step`` generates one chunk
 for every active flow in ONE ``generate`` call (left padding), then asks the
-Stop LLM about all of them in ONE forward pass. ``run`` keeps the batch full:
+Stop LLM about all of them (forward passes over groups of ``STOP_ROWS`` rows of
+similar length, so short prompts are not padded to the longest). ``run`` keeps the batch full:
 a finished flow drops out and the next pending problem takes its slot, so a
 test set runs at batch throughput. The Answer LLM's input is the prompt's
 token ids plus the chunks' own token ids, so continuing a flow never
@@ -32,6 +33,9 @@ import torch
 
 from . import adapters, grading, prompts
 from .data import Problem
+
+
+STOP_ROWS = 8  # (ours) Stop LLM rows per forward pass, grouped by length (see FlowEngine.stop_probs)
 
 
 @dataclass
@@ -195,15 +199,21 @@ class FlowEngine:
 
     def stop_probs(self, states: list[FlowState]) -> list[float]:
         """P(Yes) normalised over {Yes, No} at the Stop LLM's first answer token, batched."""
-        texts = [prompts.stop_prompt(self.tok, s.problem.question, self.completion(s)) for s in states]
-        probs: list[float] = []
-        for start in range(0, len(texts), self.cfg.batch_size):
-            enc = [self.tok(t, add_special_tokens=False).input_ids for t in texts[start:start + self.cfg.batch_size]]
-            ids, mask = self._pad_left(enc)
+        enc = [self.tok(prompts.stop_prompt(self.tok, s.problem.question, self.completion(s)),
+                        add_special_tokens=False).input_ids for s in states]
+        # one forward per group of similar lengths: a prompt pass is compute-bound, so small groups cost
+        # nothing, while padding every row to the batch's longest would (up to several-fold)
+        order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
+        probs = [0.0] * len(enc)
+        rows = min(self.cfg.batch_size, STOP_ROWS)
+        for start in range(0, len(order), rows):
+            group = order[start:start + rows]
+            ids, mask = self._pad_left([enc[i] for i in group])
             with self._inference(self.cfg.stop_role):
                 logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1, :]
             pair = logits[:, [self.yes_id, self.no_id]].float()
-            probs.extend(torch.softmax(pair, dim=-1)[:, 0].tolist())
+            for i, p in zip(group, torch.softmax(pair, dim=-1)[:, 0].tolist()):
+                probs[i] = p
             self.stats["stop_calls"] += 1
         return probs
 

@@ -74,9 +74,10 @@ def _cpu() -> ReproduceConfig:
     return ReproduceConfig(
         preset="cpu", out="results/cpu",
         prompt_sets=[PromptSet("gsm8k", 128), PromptSet("math", 64)],
-        flow=FlowConfig(batch_size=16),
+        flow=FlowConfig(batch_size=64),  # decoding 64 rows is ~1.8x the tokens/s of 16 on this CPU
         dpo_run="runs/gsm8k-qwen0.5b-400",
-        dpo_args={"dataset": "gsm8k", "examples": 400, "lr": 5e-5, "batch_pairs": 16, "checkpoint_every": 8},
+        dpo_args={"dataset": "gsm8k", "examples": 400, "lr": 5e-5, "batch_pairs": 16, "group_size": 32,
+                  "batch_size": 64, "checkpoint_every": 32},
         eval_sets=[EvalSet("gsm8k", "test", 100), EvalSet("math", "test500", 50)],
         compile=CompileConfig(micro_batch=2),
     )

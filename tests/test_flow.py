@@ -73,6 +73,22 @@ def test_stop_probability_is_the_yes_no_softmax(tiny):
     assert p == pytest.approx(expected, abs=1e-5)
 
 
+def test_stop_probabilities_grouped_by_length_come_back_in_order(tiny):
+    """More rows than one Stop group, with different lengths: each row gets its own P(Yes)."""
+    model, tok = tiny
+    engine = FlowEngine(model, tok, FlowConfig(chunk_size=3, batch_size=32))
+    states = [FlowState(p) for p in problems(11)]
+    for i, s in enumerate(states):  # 1..3 chunks: lengths differ, and sorting reorders them
+        for _ in range(1 + i % 3):
+            engine.step([s])
+            s.end_reason = None
+    before = engine.stats["stop_calls"]
+    batched = engine.stop_probs(states)
+    assert engine.stats["stop_calls"] - before == 2  # 11 rows in groups of STOP_ROWS = 8
+    one_by_one = [engine.stop_probs([s])[0] for s in states]
+    assert batched == pytest.approx(one_by_one, abs=1e-5)
+
+
 def test_eos_ends_the_flow(tiny):
     model, tok = tiny
     with torch.no_grad():  # make end-of-turn the most likely token everywhere

@@ -332,3 +332,46 @@ def test_reproduce_table_with_real_lora_adapters(memorised, tmp_path, capsys):
     for row in (gt, sg):
         assert row["scores"]["flow_math"]["n"] == 2 and 0 <= row["scores"]["flow_math"]["accuracy"] <= 1
     assert "| 0-shot base | 50.0 ± 50.0" in text.out and "| SFT flow-generated | missing" in text.out
+
+
+# ---------------------------------------------------------------- an SFT adapter from flowcore.compile
+
+
+def test_hf_with_an_sft_adapter_agrees_with_flowcore_evaluate(task_manager, memorised, tmp_path, one_thread):
+    """`peft=<adapter made by python -m flowcore reproduce's sft stage>`: same answers as flowcore's evaluator.
+
+    The adapter is taught to answer the second problem of each task with its
+    gold, so its known outcomes (1, 1, 0) differ from the base model's (1, 0, 0).
+    """
+    import lm_eval
+
+    from flowcore import compile as sft_mod
+    from flowcore import evaluate, models
+    from flowcore.flow import FlowConfig
+    from flowcore.results import ResultsFile
+
+    rows = []
+    for task, (dataset, split) in TASKS.items():
+        problems = data.load(dataset, split, limit=N)
+        targets = [t for t, _, _ in _targets(dataset)]
+        targets[1] = f"\\boxed{{{problems[1].gold}}}"
+        rows += [{"question": p.question, "completion": t} for p, t in zip(problems, targets)]
+    net, tok = models.load(memorised, "float32")
+    cfg = sft_mod.CompileConfig(lr=1e-2, epochs=40, batch_size=6, lora_r=8, lora_alpha=16, lora_dropout=0.0,
+                                warmup_ratio=0.0)
+    net = sft_mod.sft(net, tok, "sft", rows, cfg, tmp_path / "sft")
+
+    flow = FlowConfig(chunk_size=CHUNK, max_steps=STEPS, batch_size=2)
+    ours = {}
+    for task, (dataset, split) in TASKS.items():
+        out = ResultsFile(tmp_path / f"{task}.jsonl", {"task": task}, "test")
+        recs = evaluate.evaluate(net, tok, "sft", data.load(dataset, split, limit=N), out, flow, desc=task)
+        assert [r["correct"] for r in recs] == [True, True, False], "the SFT adapter did not learn its targets"
+        ours[task] = {r["problem_id"]: r for r in recs}
+
+    result = lm_eval.simple_evaluate(
+        model="hf", model_args={"pretrained": memorised, "peft": str(tmp_path / "sft"), "dtype": "float32"},
+        tasks=list(TASKS), limit=N, batch_size=2, device="cpu", apply_chat_template=True,
+        gen_kwargs={"max_gen_toks": CHUNK * STEPS}, task_manager=task_manager, log_samples=True,
+    )
+    _assert_agree(result["samples"], ours, result["results"])
