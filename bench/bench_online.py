@@ -6,7 +6,8 @@
   one engine batch, then all their rollouts and "continue" counterfactuals in
   one continuously batched run), with ``group_size`` = the number of examples.
 - **naive**: one example at a time; its flow alone, then each rollout (and each
-  counterfactual) generated on its own, batch size 1.
+  counterfactual) generated on its own, batch size 1, no KV cache kept between
+  chunks (every generate call encodes its whole input).
 
 Both use the same model, flow settings, examples, pair rules
 (``rollouts.answer_pair`` / ``rollouts.stop_pairs``) and DPO update
@@ -37,13 +38,13 @@ def naive_loop(net, tok, problems, flow, dpo):
     from flowcore import adapters
     from flowcore.dpo import OnlineDPO
     from flowcore.flow import FlowEngine, FlowState
-    from flowcore.rollouts import ROLES, _branch, answer_pair, stop_pairs
+    from flowcore.rollouts import ROLES, answer_pair, stop_pairs
 
     torch.manual_seed(dpo.seed)
     peft = adapters.attach(net, dpo.lora())
     peft.eval()
     trainer = OnlineDPO(peft, tok.pad_token_id, dpo)
-    engine = FlowEngine(peft, tok, flow)
+    engine = FlowEngine(peft, tok, flow, reuse_kv=False)  # plain: every generate call encodes its whole input
     pending, n_pairs = {r: [] for r in ROLES}, 0
     for i, problem in enumerate(problems):
         state = FlowState(problem)
@@ -53,7 +54,7 @@ def naive_loop(net, tok, problems, flow, dpo):
         pairs = []
         for k, chunk in enumerate(state.chunks):
             for _ in range(dpo.rollouts):
-                b = _branch(state, k)
+                b = engine.branch(state, k)
                 engine.step([b], avoid=[chunk.token_ids], temperature=dpo.rollout_temperature)
                 for _ in engine.run([b]):
                     pass
@@ -61,7 +62,7 @@ def naive_loop(net, tok, problems, flow, dpo):
                 pairs += [pair] if pair else []
         continued = None
         if state.end_reason == "stop" and len(state.chunks) < flow.max_steps:
-            continued = _branch(state, len(state.chunks))
+            continued = engine.branch(state, len(state.chunks))
             for _ in engine.run([continued]):
                 pass
         pairs += stop_pairs(engine, state, trace, continued)

@@ -60,11 +60,30 @@ def zero_shot_config(cfg: FlowConfig) -> FlowConfig:
 
 
 @dataclass
+class KVPrefix:
+    """The Answer LLM's keys/values for a flow's first ``n`` tokens (prompt + answer), made as ``role``.
+
+    Valid only for the weights it was made with: a flow's cache lives as long as
+    the flow, and nothing updates the adapters while flows run.
+    """
+
+    n: int
+    role: str | None
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (1, kv_heads, n, head_dim)
+
+    def truncate(self, n: int) -> "KVPrefix":
+        if n > self.n:
+            raise ValueError(f"cannot extend a {self.n}-token cache to {n} tokens by truncating")
+        return KVPrefix(n, self.role, [(k[:, :, :n], v[:, :, :n]) for k, v in self.layers])
+
+
+@dataclass
 class Chunk:
     token_ids: list[int]
     text: str
     p_yes: float | None = None  # Stop LLM's P(Yes) after this chunk (None: not asked)
     eos: bool = False  # the Answer LLM ended its turn inside this chunk
+    kv: KVPrefix | None = field(default=None, repr=False, compare=False)  # handed to the state by step()
 
 
 @dataclass
@@ -74,6 +93,7 @@ class FlowState:
     problem: Problem
     chunks: list[Chunk] = field(default_factory=list)
     end_reason: str | None = None  # "stop" | "eos" | "max_steps"
+    cache: KVPrefix | None = field(default=None, repr=False, compare=False)  # Answer LLM KV of all but the last token
 
     @property
     def done(self) -> bool:
@@ -104,9 +124,10 @@ class Trace:
 class FlowEngine:
     """Runs flows for many problems at once on one model (with or without adapters)."""
 
-    def __init__(self, model, tokenizer, config: FlowConfig | None = None):
+    def __init__(self, model, tokenizer, config: FlowConfig | None = None, reuse_kv: bool = True):
         self.model, self.tok = model, tokenizer
         self.cfg = config or FlowConfig()
+        self.reuse_kv = reuse_kv  # keep each flow's Answer KV cache between its chunks (see _generate)
         self.yes_id, self.no_id = prompts.yes_no_ids(tokenizer)
         gen_eos = model.generation_config.eos_token_id
         gen_eos = gen_eos if isinstance(gen_eos, list) else [gen_eos]
@@ -153,9 +174,60 @@ class FlowEngine:
         finally:
             self.model.train(was_training)
 
-    def _generate(self, seqs: list[list[int]], temperature: float) -> list[list[int]]:
-        """One chunk for each sequence, in one generate call; trimmed after the first eos."""
+    def _prefill(self, seqs: list[list[int]]) -> list[KVPrefix]:
+        """Answer-LLM caches of every sequence but its last token (length-sorted groups, like stop_probs)."""
+        role = self.cfg.answer_role
+        caches: list[KVPrefix | None] = [None] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        for start in range(0, len(order), STOP_ROWS):
+            group = order[start:start + STOP_ROWS]
+            ids, mask = self._pad_left([seqs[i][:-1] for i in group])
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
+            with self._inference(role):
+                pkv = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                                 logits_to_keep=1).past_key_values
+            width = ids.shape[1]
+            for j, i in enumerate(group):
+                n = len(seqs[i]) - 1
+                caches[i] = KVPrefix(n, role, [(layer.keys[j:j + 1, :, width - n:].clone(),
+                                                layer.values[j:j + 1, :, width - n:].clone()) for layer in pkv.layers])
+        return caches
+
+    def _batch_cache(self, caches: list[KVPrefix], width: int):
+        """One left-padded DynamicCache holding each row's ``width - 1``-aligned prefix (pads are masked)."""
+        from transformers import DynamicCache
+
+        c = width - 1
+        data = []
+        for layer in range(len(caches[0].layers)):
+            k0 = caches[0].layers[layer][0]
+            keys = k0.new_zeros((len(caches), k0.shape[1], c, k0.shape[3]))
+            values = torch.zeros_like(keys)
+            for i, kv in enumerate(caches):
+                keys[i, :, c - kv.n:] = kv.layers[layer][0][0]
+                values[i, :, c - kv.n:] = kv.layers[layer][1][0]
+            data.append((keys, values))
+        return DynamicCache(ddp_cache_data=data, config=self.model.config)
+
+    def _generate(self, seqs: list[list[int]], temperature: float,
+                  caches: list[KVPrefix | None] | None = None) -> tuple[list[list[int]], list[KVPrefix | None]]:
+        """One chunk for each sequence in one generate call, trimmed after the first eos; and, with
+        ``reuse_kv``, each row's cache after it (all its tokens but the last).
+
+        KV reuse: a flow's earlier chunks are not re-encoded. Every row enters with
+        the cache of all its tokens but the last (rows without one get it from one
+        prefill pass), so the call encodes one new token per row and then decodes.
+        """
         ids, mask = self._pad_left(seqs)
+        width = ids.shape[1]
+        kwargs = {}
+        if self.reuse_kv:
+            role = self.cfg.answer_role
+            caches = list(caches or [None] * len(seqs))
+            stale = [i for i, c in enumerate(caches) if c is None or c.role != role or c.n != len(seqs[i]) - 1]
+            for i, c in zip(stale, self._prefill([seqs[i] for i in stale]) if stale else []):
+                caches[i] = c
+            kwargs = {"past_key_values": self._batch_cache(caches, width), "return_dict_in_generate": True}
         sample = temperature > 0
         with self._inference(self.cfg.answer_role):
             out = self.model.generate(
@@ -168,14 +240,23 @@ class FlowEngine:
                 top_k=None,
                 eos_token_id=self.eos_ids,
                 pad_token_id=self.tok.pad_token_id,
+                **kwargs,
             )
         self.stats["answer_calls"] += 1
-        chunks = []
-        for row in out[:, ids.shape[1]:].tolist():
-            cut = next((i + 1 for i, t in enumerate(row) if t in self.eos_ids), len(row))
+        sequences = out.sequences if self.reuse_kv else out
+        chunks, new_caches = [], []
+        for i, row in enumerate(sequences[:, width:].tolist()):
+            cut = next((j + 1 for j, t in enumerate(row) if t in self.eos_ids), len(row))
             chunks.append(row[:cut])
             self.stats["generated_tokens"] += cut
-        return chunks
+            if self.reuse_kv:  # row i's real positions: [width - len(seq), width + cut - 1)
+                start, n = width - len(seqs[i]), len(seqs[i]) + cut - 1
+                new_caches.append(KVPrefix(n, self.cfg.answer_role, [
+                    (layer.keys[i:i + 1, :, start:start + n].clone(), layer.values[i:i + 1, :, start:start + n].clone())
+                    for layer in out.past_key_values.layers]))
+            else:
+                new_caches.append(None)
+        return chunks, new_caches
 
     def generate_chunks(self, states: list[FlowState], avoid: list[list[int] | None] | None = None,
                         temperature: float | None = None, max_tries: int = 4) -> list[Chunk]:
@@ -184,17 +265,19 @@ class FlowEngine:
         temperature = self.cfg.temperature if temperature is None else temperature
         seqs = [self.prompt_ids(s.problem) + s.answer_ids() for s in states]
         new: list[list[int] | None] = [None] * len(states)
+        kvs: list[KVPrefix | None] = [None] * len(states)
         todo = list(range(len(states)))
         for _ in range(max_tries):
             for start in range(0, len(todo), self.cfg.batch_size):
                 rows = todo[start:start + self.cfg.batch_size]
-                for i, ids in zip(rows, self._generate([seqs[i] for i in rows], temperature)):
-                    new[i] = ids
+                ids, caches = self._generate([seqs[i] for i in rows], temperature, [states[i].cache for i in rows])
+                for i, chunk_ids, kv in zip(rows, ids, caches):
+                    new[i], kvs[i] = chunk_ids, kv
             todo = [i for i in todo if avoid and avoid[i] is not None and new[i] == avoid[i]]
             if not todo:
                 break
         return [
-            Chunk(ids, self.decode(ids), eos=bool(ids) and ids[-1] in self.eos_ids) for ids in new
+            Chunk(ids, self.decode(ids), eos=bool(ids) and ids[-1] in self.eos_ids, kv=kv) for ids, kv in zip(new, kvs)
         ]
 
     def stop_probs(self, states: list[FlowState]) -> list[float]:
@@ -228,6 +311,7 @@ class FlowEngine:
         chunks = self.generate_chunks(active, avoid=avoid, temperature=temperature)
         for s, c in zip(active, chunks):
             s.chunks.append(c)
+            s.cache, c.kv = c.kv, None
         self.judge(active)
         self.stats["seconds"] += time.perf_counter() - t0
 
@@ -263,6 +347,15 @@ class FlowEngine:
                 if s.done:
                     yield s
             active = [s for s in active if not s.done]
+
+    def branch(self, state: FlowState, n_chunks: int) -> FlowState:
+        """A new unfinished flow on the same problem from the first ``n_chunks`` chunks (sharing their cache)."""
+        chunks = [replace(c) for c in state.chunks[:n_chunks]]
+        cache = None
+        if state.cache is not None:
+            n = len(self.prompt_ids(state.problem)) + sum(len(c.token_ids) for c in chunks) - 1
+            cache = state.cache.truncate(n) if n <= state.cache.n else None
+        return FlowState(state.problem, chunks, cache=cache)
 
     def trace(self, state: FlowState) -> Trace:
         p = state.problem

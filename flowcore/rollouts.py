@@ -35,18 +35,14 @@ one ``engine.step`` (split into ``batch_size`` generate calls), then all
 unfinished branches in one ``engine.run`` (continuous batching: a finished
 branch frees its slot for the next).
 
-KV cache: NOT reused (re-prefill). Each branch's prompt + prefix is prefilled
-again in every generate call, as the engine does for every step of every flow.
-transformers' ``generate`` accepts a precomputed ``past_key_values``, but
-sharing one prefix's cache across rows of a left-padded batch whose rows have
-different prefixes needs cache copying and re-alignment that we did not build.
-We expect decoding (up to 160 tokens per chunk, one token per forward pass)
-to cost more than the re-prefill, but did not measure the split; what
-bench/bench_online.py measures is the batching above.
+KV cache: reused. Each branch starts from the cache of its original flow,
+cut to the shared prefix (``FlowEngine.branch``: a view, no copy), so a
+rollout's prompt and prefix are not encoded again; the engine left-pads the
+rows' caches into one batch cache for each generate call.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from . import grading, prompts
 from .data import Problem
@@ -96,11 +92,6 @@ class Exploration:
     pairs: list[Pair]
 
 
-def _branch(state: FlowState, n_chunks: int) -> FlowState:
-    """A new unfinished flow on the same problem, sharing the first ``n_chunks`` chunks."""
-    return FlowState(state.problem, [replace(c) for c in state.chunks[:n_chunks]])
-
-
 def _outcome(extracted: str | None, correct: bool) -> str:
     return f"{extracted if extracted is not None else 'no answer'} ({'correct' if correct else 'wrong'})"
 
@@ -122,14 +113,14 @@ def explore(engine: FlowEngine, problems: list[Problem], rollouts: int = 1,
     traces = [engine.trace(s) for s in originals]
 
     # Answer rollouts: (problem index, node, branch), the new chunk must differ from the original's.
-    answer_branches = [(i, k, _branch(s, k)) for i, s in enumerate(originals)
+    answer_branches = [(i, k, engine.branch(s, k)) for i, s in enumerate(originals)
                        for k in range(len(s.chunks)) for _ in range(rollouts)]
     avoid = [originals[i].chunks[k].token_ids for i, k, _ in answer_branches]
     if answer_branches:
         engine.step([b for _, _, b in answer_branches], avoid=avoid, temperature=temperature)
 
     # "Continue" counterfactuals of flows the Stop LLM ended (room for another chunk left).
-    continue_branches = [(i, len(s.chunks) - 1, _branch(s, len(s.chunks))) for i, s in enumerate(originals)
+    continue_branches = [(i, len(s.chunks) - 1, engine.branch(s, len(s.chunks))) for i, s in enumerate(originals)
                          if s.end_reason == "stop" and len(s.chunks) < engine.cfg.max_steps]
 
     for _ in engine.run([b for _, _, b in answer_branches] + [b for _, _, b in continue_branches]):
