@@ -10,6 +10,8 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 ROLES = ("answer", "stop")
 
 
@@ -60,11 +62,25 @@ def load(model, directory: str | Path, roles=ROLES, trainable: bool = False):
     return peft_model
 
 
-def save(peft_model, directory: str | Path, roles=ROLES) -> None:
+STORAGE_DTYPE = "bfloat16"  # exported adapters: half the size of fp32 (r8 answer+stop on the 0.5B: 17.6 MB, not 35)
+
+
+def save(peft_model, directory: str | Path, roles=ROLES, dtype: str | None = None) -> None:
+    """peft directories ``directory/<role>/``; ``dtype`` (e.g. ``STORAGE_DTYPE``) casts the stored weights.
+
+    Loading casts them back to the model's dtype, so a bf16-stored adapter runs
+    in an fp32 model; it differs from the trained weights by bf16 rounding only.
+    """
+    from safetensors.torch import load_file, save_file
+
     directory = Path(directory)
     for role in roles:
         # peft saves non-default adapters under a subfolder named after the adapter
         peft_model.save_pretrained(directory, selected_adapters=[role])
+        if dtype is not None:
+            path = directory / role / "adapter_model.safetensors"
+            save_file({k: v.to(getattr(torch, dtype)) for k, v in load_file(path).items()}, path,
+                      metadata={"format": "pt"})
 
 
 def has_adapter(model, role: str) -> bool:

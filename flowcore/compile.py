@@ -177,7 +177,7 @@ def sft(model, tok, name: str, rows: list[dict], cfg: CompileConfig, out: str | 
     losses = [r["loss"] for r in results.read_jsonl(log)]
     export = work / "export"
     shutil.rmtree(export, ignore_errors=True)
-    adapters.save(model, export, roles=(name,))  # peft writes export/<name>/
+    adapters.save(model, export, roles=(name,), dtype=adapters.STORAGE_DTYPE)  # peft writes export/<name>/
     for f in (export / name).iterdir():
         os.replace(f, work / f.name)
     shutil.rmtree(export)

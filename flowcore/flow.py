@@ -133,7 +133,7 @@ class FlowEngine:
         gen_eos = gen_eos if isinstance(gen_eos, list) else [gen_eos]
         self.eos_ids = sorted({i for i in [tokenizer.eos_token_id, *gen_eos] if i is not None})
         self._prompt_ids: dict[str, list[int]] = {}
-        self.stats = collections.Counter()  # generated_tokens, answer_calls, stop_calls, seconds
+        self.stats = collections.Counter()  # generated_tokens, {answer,stop}_calls, {answer,stop}_seconds, seconds
 
     # ------------------------------------------------------------ text
 
@@ -218,6 +218,7 @@ class FlowEngine:
         the cache of all its tokens but the last (rows without one get it from one
         prefill pass), so the call encodes one new token per row and then decodes.
         """
+        t0 = time.perf_counter()
         ids, mask = self._pad_left(seqs)
         width = ids.shape[1]
         kwargs = {}
@@ -243,6 +244,7 @@ class FlowEngine:
                 **kwargs,
             )
         self.stats["answer_calls"] += 1
+        self.stats["answer_seconds"] += time.perf_counter() - t0
         sequences = out.sequences if self.reuse_kv else out
         chunks, new_caches = [], []
         for i, row in enumerate(sequences[:, width:].tolist()):
@@ -286,6 +288,7 @@ class FlowEngine:
                         add_special_tokens=False).input_ids for s in states]
         # one forward per group of similar lengths: a prompt pass is compute-bound, so small groups cost
         # nothing, while padding every row to the batch's longest would (up to several-fold)
+        t0 = time.perf_counter()
         order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
         probs = [0.0] * len(enc)
         rows = min(self.cfg.batch_size, STOP_ROWS)
@@ -298,6 +301,7 @@ class FlowEngine:
             for i, p in zip(group, torch.softmax(pair, dim=-1)[:, 0].tolist()):
                 probs[i] = p
             self.stats["stop_calls"] += 1
+        self.stats["stop_seconds"] += time.perf_counter() - t0
         return probs
 
     # ------------------------------------------------------------ the flow

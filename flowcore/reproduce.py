@@ -110,7 +110,6 @@ class Pipeline:
         self.cfg, self.command = cfg, command
         self.out = Path(cfg.out)
         self.flow_adapters = Path(flow_adapters) if flow_adapters else Path(cfg.dpo_run) / "adapters"
-        self._model = None
 
     # ------------------------------------------------------------ shared
 

@@ -130,7 +130,7 @@ def save_checkpoint(run: Path, trainer: OnlineDPO, peft_model, position: int, pe
         # peft-format export for `generate --adapters`; checkpoint.pt stays the source of truth
         export, old = run / (ADAPTERS + ".tmp"), run / (ADAPTERS + ".old")
         shutil.rmtree(export, ignore_errors=True)
-        adapters.save(peft_model, export)
+        adapters.save(peft_model, export, dtype=adapters.STORAGE_DTYPE)
         if (run / ADAPTERS).exists():
             os.replace(run / ADAPTERS, old)
         os.replace(export, run / ADAPTERS)

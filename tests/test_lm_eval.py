@@ -359,7 +359,10 @@ def test_hf_with_an_sft_adapter_agrees_with_flowcore_evaluate(task_manager, memo
     net, tok = models.load(memorised, "float32")
     cfg = sft_mod.CompileConfig(lr=1e-2, epochs=40, batch_size=6, lora_r=8, lora_alpha=16, lora_dropout=0.0,
                                 warmup_ratio=0.0)
-    net = sft_mod.sft(net, tok, "sft", rows, cfg, tmp_path / "sft")
+    sft_mod.sft(net, tok, "sft", rows, cfg, tmp_path / "sft")
+    from peft import PeftModel  # evaluate what was saved (bf16-stored), as lm-eval will load it
+
+    net = PeftModel.from_pretrained(models.load(memorised, "float32")[0], str(tmp_path / "sft"), adapter_name="sft")
 
     flow = FlowConfig(chunk_size=CHUNK, max_steps=STEPS, batch_size=2)
     ours = {}
