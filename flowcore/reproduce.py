@@ -109,6 +109,7 @@ class Pipeline:
     def __init__(self, cfg: ReproduceConfig, command: str, flow_adapters: str | None = None):
         self.cfg, self.command = cfg, command
         self.out = Path(cfg.out)
+        self.explicit_flow = flow_adapters is not None
         self.flow_adapters = Path(flow_adapters) if flow_adapters else Path(cfg.dpo_run) / "adapters"
 
     # ------------------------------------------------------------ shared
@@ -145,11 +146,13 @@ class Pipeline:
 
     # ------------------------------------------------------------ stages
 
+    def dpo_examples_done(self) -> int:
+        return len(results.read_jsonl(Path(self.cfg.dpo_run) / "progress.jsonl"))
+
     def flow_dpo(self) -> None:
         run = Path(self.cfg.dpo_run)
-        progress = results.read_jsonl(run / "progress.jsonl")
-        if len(progress) >= int(self.cfg.dpo_args["examples"]) and (run / "adapters").is_dir():
-            print(f"[flow-dpo] {run}: done ({len(progress)} examples)")
+        if self.dpo_examples_done() >= int(self.cfg.dpo_args["examples"]) and (run / "adapters").is_dir():
+            print(f"[flow-dpo] {run}: done ({self.dpo_examples_done()} examples)")
             return
         from . import train
 
@@ -175,6 +178,10 @@ class Pipeline:
         if not (self.flow_adapters / "answer" / "adapter_config.json").is_file():
             raise ReproduceError(f"no trained flow at {self.flow_adapters}: run stage flow-dpo first "
                                  "(or pass --flow-adapters DIR)")
+        if not self.explicit_flow and self.dpo_examples_done() < int(self.cfg.dpo_args["examples"]):
+            raise ReproduceError(f"the online-DPO run {self.cfg.dpo_run} is not finished "
+                                 f"({self.dpo_examples_done()}/{self.cfg.dpo_args['examples']} examples): "
+                                 "run stage flow-dpo first (or pass --flow-adapters DIR)")
         net = adapters.load(net, self.flow_adapters)
         self._collect(net, tok, problems, "flow_generated", decoding, str(self.flow_adapters))
 

@@ -199,3 +199,21 @@ def test_tiny_pipeline_end_to_end(tmp_path, one_thread, capsys):
 def test_reproduce_cli_rejects_unknown_stage(capsys):
     assert reproduce.main(["--preset", "cpu", "--stages", "traces,bogus"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_traces_refuse_an_unfinished_online_dpo_run(tmp_path, one_thread):
+    """A run still in progress already exports adapters; its flow must not make the Flow-generated traces."""
+    problems = str(tinyflow.write_problems(tmp_path / "problems.jsonl", 4))
+    run = tmp_path / "run"
+    for role in ("answer", "stop"):
+        (run / "adapters" / role).mkdir(parents=True)
+        (run / "adapters" / role / "adapter_config.json").write_text("{}")
+    (run / "progress.jsonl").write_text(json.dumps({"index": 0}) + "\n")
+    cfg = reproduce.ReproduceConfig(
+        preset="test", out=str(tmp_path / "results"), model=tinyflow.taught_dir(),
+        prompt_sets=[reproduce.PromptSet("gsm8k", 4, data_file=problems)],
+        flow=FlowConfig(chunk_size=8, max_steps=2, batch_size=4), dpo_run=str(run), dpo_args={"examples": 4})
+    with pytest.raises(reproduce.ReproduceError, match=r"not finished \(1/4 examples\)"):
+        reproduce.Pipeline(cfg, "x").run(("traces",))
+    # the base model's samples come first and are kept
+    assert len((tmp_path / "results" / "traces" / "self_generated.jsonl").read_text().splitlines()) == 4
