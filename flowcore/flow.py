@@ -5,12 +5,18 @@ Both roles are the same base model with LoRA adapters ``answer`` and ``stop``
 
 Batching: many flows advance in lockstep. Each ``step`` generates one chunk
 for every active flow in ONE ``generate`` call (left padding), then asks the
-Stop LLM about all of them (forward passes over groups of ``STOP_ROWS`` rows of
+Stop LLM about all of them (forward passes over groups of ``PASS_ROWS`` rows of
 similar length, so short prompts are not padded to the longest). ``run`` keeps the batch full:
 a finished flow drops out and the next pending problem takes its slot, so a
 test set runs at batch throughput. The Answer LLM's input is the prompt's
 token ids plus the chunks' own token ids, so continuing a flow never
 re-tokenises text (a chunk boundary inside a word changes nothing).
+
+KV reuse: each flow keeps the Answer LLM's keys/values of its tokens between
+steps (``FlowState.cache``); a step left-pads the rows' caches into one batch
+cache, so earlier chunks are never encoded again, and ``branch`` starts a
+rollout from its original's cache cut to the shared prefix. The flows are the
+same as with ``reuse_kv=False`` (which re-encodes every step; tested).
 
 A flow ends when the Stop LLM's P(Yes) > ``stop_threshold`` (paper: 0.5),
 when the Answer LLM emits end-of-turn (ours), or after ``max_steps`` chunks.
@@ -35,7 +41,7 @@ from . import adapters, grading, prompts
 from .data import Problem
 
 
-STOP_ROWS = 8  # (ours) Stop LLM rows per forward pass, grouped by length (see FlowEngine.stop_probs)
+PASS_ROWS = 8  # (ours) rows per prompt-encoding pass (Stop LLM, Answer prefill), grouped by length
 
 
 @dataclass
@@ -179,8 +185,8 @@ class FlowEngine:
         role = self.cfg.answer_role
         caches: list[KVPrefix | None] = [None] * len(seqs)
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        for start in range(0, len(order), STOP_ROWS):
-            group = order[start:start + STOP_ROWS]
+        for start in range(0, len(order), PASS_ROWS):
+            group = order[start:start + PASS_ROWS]
             ids, mask = self._pad_left([seqs[i][:-1] for i in group])
             positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
             with self._inference(role):
@@ -291,7 +297,7 @@ class FlowEngine:
         t0 = time.perf_counter()
         order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
         probs = [0.0] * len(enc)
-        rows = min(self.cfg.batch_size, STOP_ROWS)
+        rows = min(self.cfg.batch_size, PASS_ROWS)
         for start in range(0, len(order), rows):
             group = order[start:start + rows]
             ids, mask = self._pad_left([enc[i] for i in group])

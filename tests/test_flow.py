@@ -107,7 +107,7 @@ def test_stop_probabilities_grouped_by_length_come_back_in_order(tiny):
             s.end_reason = None
     before = engine.stats["stop_calls"]
     batched = engine.stop_probs(states)
-    assert engine.stats["stop_calls"] - before == 2  # 11 rows in groups of STOP_ROWS = 8
+    assert engine.stats["stop_calls"] - before == 2  # 11 rows in groups of PASS_ROWS = 8
     one_by_one = [engine.stop_probs([s])[0] for s in states]
     assert batched == pytest.approx(one_by_one, abs=1e-5)
 
