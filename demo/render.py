@@ -5,7 +5,7 @@ import html
 import json
 from pathlib import Path
 
-from flowcore.evaluate import PAPER_TABLE1
+from flowcore.evaluate import PAPER_TABLE1, markdown_table
 
 from .services import REPRODUCE_CMD, Answer, FlowView
 
@@ -148,23 +148,6 @@ def rollouts_html(view: FlowView) -> str:
 
 
 # ---------------------------------------------------------------- Training
-
-def _cell(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    if isinstance(v, (dict, list)):
-        return json.dumps(v, separators=(",", ":"))
-    return str(v).replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(rows: list[dict]) -> str:
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
-
 
 def _table_rows(obj) -> list[dict] | None:
     if isinstance(obj, list) and obj and all(isinstance(r, dict) for r in obj):

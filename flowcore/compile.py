@@ -92,15 +92,6 @@ def step_batches(n: int, cfg: CompileConfig) -> list[list[int]]:
     return steps
 
 
-def _save_checkpoint(path: Path, blob: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(blob, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def sft(model, tok, name: str, rows: list[dict], cfg: CompileConfig, out: str | Path,
         settings: dict | None = None, command: str = ""):
     """Train adapter ``name`` on ``rows`` ({"question", "completion"}) into the peft directory ``out``.
@@ -168,7 +159,7 @@ def sft(model, tok, name: str, rows: list[dict], cfg: CompileConfig, out: str | 
             bar.set_postfix(loss=f"{total:.3f}")
             bar.update(1)
             if done % cfg.checkpoint_every == 0 or done == len(plan):
-                _save_checkpoint(work / CHECKPOINT, {
+                results.save_torch_atomic(work / CHECKPOINT, {
                     "step": done, "elapsed": elapsed + time.time() - t0,
                     "weights": [p.detach().clone() for p in params],
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict()})

@@ -11,6 +11,7 @@ and every other row.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -109,22 +110,34 @@ def table(outcomes: dict[str, dict[str, list[dict]]]) -> dict:
     return {"rows": rows, "cells": cells, "comparisons": comparisons, "paper": PAPER_TABLE1}
 
 
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, separators=(",", ":"))
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """A Markdown table of dict rows (columns: every key, in first-seen order)."""
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def markdown(tab: dict) -> str:
     """table.md: ours (accuracy % [95% CI]), the paired tests, the paper's Table 1."""
-    def md(rows: list[dict]) -> str:
-        keys = list(rows[0])
-        lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-        lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
-        return "\n".join(lines)
-
     parts = ["**Ours**: accuracy % [95% Wilson interval]; the paper's Table 1 beside (other, larger models)",
-             md(tab["rows"])]
+             markdown_table(tab["rows"])]
     if tab["comparisons"]:
         parts += ["**Paired (exact McNemar) tests on the same problems**",
-                  md([{"data": c["data"], "comparison": f"{c['a']} vs {c['b']}",
+                  markdown_table([{"data": c["data"], "comparison": f"{c['a']} vs {c['b']}",
                        "only A right": c["a_only_correct"], "only B right": c["b_only_correct"],
                        "p": f"{c['p_value']:.3g}"} for c in tab["comparisons"]])]
-    parts += ["**Paper, Table 1** (accuracy %, other models)", md(tab["paper"])]
+    parts += ["**Paper, Table 1** (accuracy %, other models)", markdown_table(tab["paper"])]
     return "\n\n".join(parts) + "\n"
 
 

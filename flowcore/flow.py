@@ -44,6 +44,13 @@ from .data import Problem
 PASS_ROWS = 8  # (ours) rows per prompt-encoding pass (Stop LLM, Answer prefill), grouped by length
 
 
+def length_groups(seqs: list[list[int]], rows: int) -> Iterator[list[int]]:
+    """Indices of ``seqs`` in groups of at most ``rows``, shortest first (little padding inside a group)."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for start in range(0, len(order), rows):
+        yield order[start:start + rows]
+
+
 @dataclass
 class FlowConfig:
     """Settings of the flow. Paper values: chunk_size 160, max_steps 6, stop at P(Yes) > 0.5."""
@@ -184,9 +191,7 @@ class FlowEngine:
         """Answer-LLM caches of every sequence but its last token (length-sorted groups, like stop_probs)."""
         role = self.cfg.answer_role
         caches: list[KVPrefix | None] = [None] * len(seqs)
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        for start in range(0, len(order), PASS_ROWS):
-            group = order[start:start + PASS_ROWS]
+        for group in length_groups(seqs, PASS_ROWS):
             ids, mask = self._pad_left([seqs[i][:-1] for i in group])
             positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
             with self._inference(role):
@@ -295,11 +300,8 @@ class FlowEngine:
         # one forward per group of similar lengths: a prompt pass is compute-bound, so small groups cost
         # nothing, while padding every row to the batch's longest would (up to several-fold)
         t0 = time.perf_counter()
-        order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
         probs = [0.0] * len(enc)
-        rows = min(self.cfg.batch_size, PASS_ROWS)
-        for start in range(0, len(order), rows):
-            group = order[start:start + rows]
+        for group in length_groups(enc, min(self.cfg.batch_size, PASS_ROWS)):
             ids, mask = self._pad_left([enc[i] for i in group])
             with self._inference(self.cfg.stop_role):
                 logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1, :]

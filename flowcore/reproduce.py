@@ -121,7 +121,7 @@ class Pipeline:
         if path.is_file():
             old = json.loads(path.read_text())["settings"]
             if old != settings:
-                diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+                diff = results.settings_diff(old, settings)
                 raise ReproduceError(f"{self.out} was made with other settings {diff} (old, new); "
                                      "use another --out")
             return
@@ -150,9 +150,9 @@ class Pipeline:
         return len(results.read_jsonl(Path(self.cfg.dpo_run) / "progress.jsonl"))
 
     def flow_dpo(self) -> None:
-        run = Path(self.cfg.dpo_run)
-        if self.dpo_examples_done() >= int(self.cfg.dpo_args["examples"]) and (run / "adapters").is_dir():
-            print(f"[flow-dpo] {run}: done ({self.dpo_examples_done()} examples)")
+        run, done = Path(self.cfg.dpo_run), self.dpo_examples_done()
+        if done >= int(self.cfg.dpo_args["examples"]) and (run / "adapters").is_dir():
+            print(f"[flow-dpo] {run}: done ({done} examples)")
             return
         from . import train
 
@@ -178,9 +178,10 @@ class Pipeline:
         if not (self.flow_adapters / "answer" / "adapter_config.json").is_file():
             raise ReproduceError(f"no trained flow at {self.flow_adapters}: run stage flow-dpo first "
                                  "(or pass --flow-adapters DIR)")
-        if not self.explicit_flow and self.dpo_examples_done() < int(self.cfg.dpo_args["examples"]):
+        done = self.dpo_examples_done()
+        if not self.explicit_flow and done < int(self.cfg.dpo_args["examples"]):
             raise ReproduceError(f"the online-DPO run {self.cfg.dpo_run} is not finished "
-                                 f"({self.dpo_examples_done()}/{self.cfg.dpo_args['examples']} examples): "
+                                 f"({done}/{self.cfg.dpo_args['examples']} examples): "
                                  "run stage flow-dpo first (or pass --flow-adapters DIR)")
         net = adapters.load(net, self.flow_adapters)
         self._collect(net, tok, problems, "flow_generated", decoding, str(self.flow_adapters))
@@ -189,7 +190,7 @@ class Pipeline:
         out = self.results_file(self.out / "traces" / f"{source}.jsonl", source=source, samples=self.cfg.samples,
                                 flow=asdict(cfg), flow_adapters=flow_adapters)
         records = traces.collect(FlowEngine(net, tok, cfg), problems, self.cfg.samples, out, desc=source)
-        n_ok = len({traces.split_key(r["problem_id"])[0] for r in records if r["correct"]})
+        n_ok = len(traces.solved_prompts(records))
         out.finish({"samples": len(records), "correct_samples": sum(r["correct"] for r in records),
                     "prompts_with_a_correct_sample": n_ok})
         print(f"[traces] {source}: {n_ok}/{len(problems)} prompts with a correct sample")
@@ -213,9 +214,8 @@ class Pipeline:
         summary = {"rule": traces.SELECTION_RULE, "prompts": len(problems), "used_prompts": len(used),
                    "traces_per_source": len(used),
                    "used_by_dataset": {d: sum(problems[i].dataset == d for i in used) for d in data.DATASETS},
-                   "prompts_with_a_correct_trace": {
-                       s: len({(r["problem_id"] if "sample" in r else traces.split_key(r["problem_id"])[0])
-                               for r in records[s] if r["correct"]}) for s in traces.SOURCES}}
+                   "prompts_with_a_correct_trace": {s: len(traces.solved_prompts(records[s]))
+                                                    for s in traces.SOURCES}}
         results.write_json_atomic(sdir / "selection.json", summary)
         print(f"[select] {len(used)} prompts with a correct trace from every source: "
               f"{len(used)} traces per source ({summary['used_by_dataset']})")

@@ -40,6 +40,24 @@ def write_json_atomic(path: str | Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def save_torch_atomic(path: str | Path, obj) -> None:
+    """``torch.save`` to a temporary file, fsync, then replace ``path`` (a kill never leaves half a file)."""
+    import torch
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def settings_diff(old: dict, new: dict) -> dict:
+    """``{name: (old value, new value)}`` for the settings that differ."""
+    return {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -107,8 +125,7 @@ class ResultsFile:
         if self.meta_path.is_file() and self.path.is_file():
             old = json.loads(self.meta_path.read_text())
             if old.get("settings") != settings:
-                diff = {k: (old.get("settings", {}).get(k), v) for k, v in settings.items()
-                        if old.get("settings", {}).get(k) != v}
+                diff = settings_diff(old.get("settings", {}), settings)
                 raise ValueError(f"{self.path} was made with other settings {diff} (old, new); "
                                  "use another output path or --overwrite")
             self.meta = old

@@ -72,9 +72,18 @@ def collect(engine: FlowEngine, problems: list[Problem], samples: int, out: Resu
     return out.records
 
 
-def split_key(key: str) -> tuple[str, int]:
-    pid, _, k = key.rpartition(SAMPLE_SEP)
+def prompt_and_sample(record: dict) -> tuple[str, int]:
+    """(prompt id, sample index) of a trace record: ground truth has them as fields, model traces
+    in their key ``<problem id>#<k>``."""
+    if "sample" in record:
+        return record["problem_id"], record["sample"]
+    pid, _, k = record["problem_id"].rpartition(SAMPLE_SEP)
     return pid, int(k)
+
+
+def solved_prompts(records: list[dict]) -> set[str]:
+    """Prompt ids with at least one correct trace."""
+    return {prompt_and_sample(r)[0] for r in records if r["correct"]}
 
 
 def select(records: dict[str, list[dict]], prompt_ids: list[str]) -> dict[str, list[dict]]:
@@ -93,7 +102,7 @@ def select(records: dict[str, list[dict]], prompt_ids: list[str]) -> dict[str, l
         for r in records[source]:
             if not r["correct"]:
                 continue
-            pid, k = (r["problem_id"], r.get("sample", 0)) if "sample" in r else split_key(r["problem_id"])
+            pid, k = prompt_and_sample(r)
             if pid not in firsts or k < firsts[pid]["sample"]:
                 firsts[pid] = {"problem_id": pid, "dataset": r["dataset"], "sample": k, "completion": r["completion"]}
         best[source] = firsts

@@ -121,12 +121,7 @@ def save_checkpoint(run: Path, trainer: OnlineDPO, peft_model, position: int, pe
         blob = {"position": position, "elapsed": elapsed, "world": procs.world, "rng": rng,
                 "pending": {role: [asdict(p) for p in pending[role]] for role in ROLES},
                 "trainer": trainer.state_dict()}
-        tmp = run / (CHECKPOINT + ".tmp")
-        with open(tmp, "wb") as f:
-            torch.save(blob, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, run / CHECKPOINT)
+        results.save_torch_atomic(run / CHECKPOINT, blob)
         # peft-format export for `generate --adapters`; checkpoint.pt stays the source of truth
         export, old = run / (ADAPTERS + ".tmp"), run / (ADAPTERS + ".old")
         shutil.rmtree(export, ignore_errors=True)
@@ -201,7 +196,7 @@ def prepare_run(args: argparse.Namespace, argv: list[str], problems: list, flow:
             raise TrainError(f"nothing to resume: {config_path} does not exist (drop --resume to start the run)")
         old = json.loads(config_path.read_text())
         if old["settings"] != settings:
-            diff = {k: (old["settings"].get(k), v) for k, v in settings.items() if old["settings"].get(k) != v}
+            diff = results.settings_diff(old["settings"], settings)
             raise TrainError(f"{run} was started with other settings {diff} (old, new); "
                              "resume with the original arguments or use another --out")
     else:
