@@ -9,11 +9,16 @@ over the examples it has reached (the longest prefix of the order).
 
 ``python -m flowcore plot --run runs/NAME`` writes ``chart.html`` (with
 ``plotly.min.js`` beside it, so it opens offline) and ``chart.png`` (kaleido, which
-drives a Chrome/Chromium browser; Debian: ``apt-get install chromium``).
+drives a Chrome/Chromium browser; Debian: ``apt-get install chromium``), and
+prints and writes ``summary.json`` (``run_summary``): each curve's accuracy, the
+trained flow minus each baseline on the same examples (all of them, and only
+those predicted after the first DPO step), pairs, DPO steps and seconds per
+example.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -56,6 +61,49 @@ def run_curves(run_dir: str | Path) -> dict[str, list[bool]]:
     return curves
 
 
+def run_summary(run_dir: str | Path) -> dict:
+    """The run's numbers, from its files: accuracies, paired differences vs the baselines, pairs, steps, time."""
+    run = Path(run_dir)
+    curves = run_curves(run)
+    progress = read_jsonl(run / "progress.jsonl")
+    online = curves[CURVES[0][0]]
+    steps = [s for p in progress for s in p["losses"]]
+    # the steps after a round are logged on its last example: later examples were predicted by updated adapters
+    first = next((p["index"] for p in progress if p["losses"]), None)
+    n = len(progress)
+    comparisons = {}
+    for name, seq in list(curves.items())[1:]:
+        m = min(len(online), len(seq))
+        after = first + 1 if first is not None else m
+        comparisons[name] = {"all": stats.paired_difference(online[:m], seq[:m]),
+                             "after_first_step": stats.paired_difference(online[after:m], seq[after:m])}
+    answer_pairs = sum(p["n_answer_pairs"] for p in progress)
+    stop_pairs = sum(p["n_stop_pairs"] for p in progress)
+    return {
+        "run": str(run), "examples": n, "accuracy": {name: stats.accuracy(seq) for name, seq in curves.items()},
+        "trained_minus_baseline": comparisons,
+        "first_step_after_example": first,
+        "pairs": {"answer": answer_pairs, "stop": stop_pairs,
+                  "per_example": round((answer_pairs + stop_pairs) / n, 3) if n else 0.0},
+        "dpo_steps": {role: sum(1 for s in steps if s["role"] == role) for role in ("answer", "stop")},
+        "seconds_per_example": round(sum(p["seconds"] for p in progress) / n, 1) if n else 0.0,
+    }
+
+
+def describe(summary: dict) -> str:
+    lines = [f"{summary['run']}: {summary['examples']} examples, {summary['pairs']['per_example']} pairs per example "
+             f"({summary['pairs']['answer']} Answer, {summary['pairs']['stop']} Stop), DPO steps "
+             f"{summary['dpo_steps']}, {summary['seconds_per_example']} s per example"]
+    lines += [f"  {name}: {stats.fmt(acc)}" for name, acc in summary["accuracy"].items()]
+    first = summary["first_step_after_example"]
+    for name, c in summary["trained_minus_baseline"].items():
+        lines.append(f"  Flow-DPO minus {name}, all examples: {stats.fmt_difference(c['all'])}")
+        lines.append(f"  Flow-DPO minus {name}, examples after the first DPO step "
+                     f"({'none yet' if first is None else f'index > {first}'}): "
+                     f"{stats.fmt_difference(c['after_first_step'])}")
+    return "\n".join(lines)
+
+
 def progressive_figure(run_dir: str | Path):
     """plotly Figure: cumulative progressive accuracy vs examples seen, three curves."""
     import plotly.graph_objects as go
@@ -85,9 +133,13 @@ def main(argv: list[str]) -> int:
     run = Path(args.run)
     try:
         fig = progressive_figure(run)
+        summary = run_summary(run)
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    (run / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(describe(summary))
+    print(f"wrote {run / 'summary.json'}")
     return 0 if write_figure(fig, run, "chart", png=not args.no_png) else 1
 
 

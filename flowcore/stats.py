@@ -35,3 +35,21 @@ def mcnemar(a: list[bool], b: list[bool]) -> dict:
     k = min(only_a, only_b)
     p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
     return {"only_a": only_a, "only_b": only_b, "p_value": p}
+
+
+def paired_difference(a: list[bool], b: list[bool], z: float = 1.96) -> dict:
+    """Accuracy of a minus accuracy of b on the same problems: the difference, its 95% Wald interval for
+    paired proportions, and the exact McNemar p-value."""
+    test = mcnemar(a, b)
+    n, only_a, only_b = len(a), test["only_a"], test["only_b"]
+    if n == 0:
+        return {"n": 0, "difference": 0.0, "ci95": [0.0, 0.0], **test}
+    d = (only_a - only_b) / n
+    half = z * math.sqrt(max(0.0, only_a + only_b - (only_a - only_b) ** 2 / n)) / n
+    return {"n": n, "difference": d, "ci95": [d - half, d + half], **test}
+
+
+def fmt_difference(diff: dict) -> str:
+    lo, hi = diff["ci95"]
+    return (f"{100 * diff['difference']:+.1f} points (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}; n={diff['n']}, "
+            f"{diff['only_a']} vs {diff['only_b']} discordant, McNemar p={diff['p_value']:.3g})")

@@ -125,6 +125,15 @@ def test_baselines_and_chart(setup, one_thread):
     assert list(fig.data[1].y) == pytest.approx([100 * sum(flow[i] for i in ids[:n]) / n for n in range(1, 4)])
     assert plots.main(["--run", str(run), "--no-png"]) == 0
     assert (run / "chart.html").stat().st_size > 1000
+    summary = json.loads((run / "summary.json").read_text())
+    progress = read_jsonl(run / "progress.jsonl")
+    assert summary["examples"] == 3 and summary["accuracy"]["Flow-DPO (online)"]["correct"] == sum(online)
+    pairs = sum(p["n_answer_pairs"] + p["n_stop_pairs"] for p in progress)
+    assert summary["pairs"]["per_example"] == pytest.approx(round(pairs / 3, 3))
+    assert sum(summary["dpo_steps"].values()) == sum(len(p["losses"]) for p in progress)
+    flow_in_order = [flow[i] for i in ids]
+    assert summary["trained_minus_baseline"]["untrained flow"]["all"]["difference"] == pytest.approx(
+        (sum(online) - sum(flow_in_order)) / 3)
     with pytest.raises(FileNotFoundError, match="python -m flowcore train"):
         plots.progressive_figure(tmp / "nothing-here")
 
