@@ -5,7 +5,8 @@ examples: online Flow-DPO (``progress.jsonl``: each example predicted before
 any update using it), the untrained flow and the single model zero-shot
 (``baseline_flow.jsonl``, ``baseline_zero_shot.jsonl`` from
 ``python -m flowcore baselines``). A baseline that is only partly done is drawn
-over the examples it has reached (the longest prefix of the order).
+over the examples it has reached (the longest prefix of the order); one not
+started yet is listed as "not reached yet".
 
 ``python -m flowcore plot --run runs/NAME`` writes ``chart.html`` (with
 ``plotly.min.js`` beside it, so it opens offline) and ``chart.png`` (kaleido, which
@@ -40,7 +41,8 @@ def progressive_curve(correct_in_order: list[bool]) -> list[float]:
 
 
 def run_curves(run_dir: str | Path) -> dict[str, list[bool]]:
-    """Correctness per example in the run's order for each curve; FileNotFoundError names the missing command."""
+    """Correctness per example in the run's order for each curve. A baseline not started yet is an empty
+    curve; a missing ``progress.jsonl`` is a FileNotFoundError that names the command to run."""
     run = Path(run_dir)
     config = run_config(run)
     order = config["example_ids"]
@@ -48,9 +50,10 @@ def run_curves(run_dir: str | Path) -> dict[str, list[bool]]:
     for name, file in CURVES:
         path = run / file
         if not path.is_file():
-            cmd = (f"python -m flowcore train ... --out {run} --resume" if file == "progress.jsonl"
-                   else f"python -m flowcore baselines --run {run}")
-            raise FileNotFoundError(f"{path} not found: run `{cmd}` first")
+            if file != "progress.jsonl":
+                curves[name] = []
+                continue
+            raise FileNotFoundError(f"{path} not found: run `python -m flowcore train ... --out {run} --resume` first")
         by_id = {r["problem_id"]: bool(r["correct"]) for r in read_jsonl(path)}
         seq = []
         for pid in order:
@@ -94,9 +97,12 @@ def describe(summary: dict) -> str:
     lines = [f"{summary['run']}: {summary['examples']} examples, {summary['pairs']['per_example']} pairs per example "
              f"({summary['pairs']['answer']} Answer, {summary['pairs']['stop']} Stop), DPO steps "
              f"{summary['dpo_steps']}, {summary['seconds_per_example']} s per example"]
-    lines += [f"  {name}: {stats.fmt(acc)}" for name, acc in summary["accuracy"].items()]
+    lines += [f"  {name}: {stats.fmt(acc) if acc['n'] else 'not reached yet (python -m flowcore baselines)'}"
+              for name, acc in summary["accuracy"].items()]
     first = summary["first_step_after_example"]
     for name, c in summary["trained_minus_baseline"].items():
+        if not c["all"]["n"]:
+            continue
         lines.append(f"  Flow-DPO minus {name}, all examples: {stats.fmt_difference(c['all'])}")
         lines.append(f"  Flow-DPO minus {name}, examples after the first DPO step "
                      f"({'none yet' if first is None else f'index > {first}'}): "
@@ -114,7 +120,7 @@ def progressive_figure(run_dir: str | Path):
     fig = go.Figure()
     for (name, seq), dash in zip(curves.items(), ("solid", "dash", "dot")):
         acc = stats.accuracy(seq)
-        label = f"{name}: {stats.fmt(acc)}" if seq else f"{name}: no examples yet"
+        label = f"{name}: {stats.fmt(acc)}" if seq else f"{name}: not reached yet"
         fig.add_trace(go.Scatter(x=list(range(1, len(seq) + 1)), y=progressive_curve(seq), mode="lines",
                                  name=label, line={"dash": dash, "width": 2}))
     fig.update_layout(title=f"Progressive validation accuracy — {run.name} ({model})",

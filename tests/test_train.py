@@ -111,8 +111,10 @@ def test_baselines_and_chart(setup, one_thread):
     run = tmp / "chart"
     assert train.main(["--model", model, "--data-file", problems, *SETTINGS[:3], "3", *SETTINGS[4:],
                        "--out", str(run)]) == 0
-    with pytest.raises(FileNotFoundError, match="python -m flowcore baselines --run"):
-        plots.progressive_figure(run)
+    before = plots.run_summary(run)  # baselines not run yet: empty curves, nothing to compare
+    assert [a["n"] for a in before["accuracy"].values()] == [3, 0, 0]
+    assert before["trained_minus_baseline"]["zero-shot"]["all"]["n"] == 0
+    assert "not reached yet" in plots.describe(before)
     assert baselines.main(["--run", str(run)]) == 0
     ids = json.loads((run / "config.json").read_text())["example_ids"]
     for name in ("baseline_flow.jsonl", "baseline_zero_shot.jsonl"):
