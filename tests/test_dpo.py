@@ -94,3 +94,37 @@ def test_one_online_step_changes_only_the_intended_adapter(tmp_path):
         assert {n for n in own if ".lora_B." in n} <= changed
     with pytest.raises(ValueError, match="pairs of that role only"):
         trainer.update("answer", by_role["stop"])
+
+
+def test_updates_recompute_activations_and_give_the_same_step(tiny, monkeypatch):
+    """The policy pass uses activation checkpointing (each decoder layer runs again in the backward pass, so its
+    activations are not kept); the step it takes is the one taken without checkpointing."""
+    import copy
+
+    import flowcore.dpo as dpo_module
+
+    model, tok = tiny
+    twin = copy.deepcopy(model)
+    pairs = [_pair("answer", [5, 6, 7, 8], [40, 41, 42], [50, 51]), _pair("answer", [9, 10], [60], [70, 71])]
+    runs = {}
+    for name, net in (("checkpointed", model), ("plain", twin)):
+        if name == "plain":
+            monkeypatch.setattr(dpo_module, "enable_activation_checkpointing", lambda m: None)
+        torch.manual_seed(0)
+        peft = adapters.attach(net, adapters.LoraConfig())  # dropout 0.05: the recompute must replay its masks
+        trainer = OnlineDPO(peft, tok.pad_token_id, OnlineDPOConfig(lr=1e-2))
+        calls = []
+        attn = peft.get_base_model().model.layers[0].self_attn  # inside the checkpointed layer: runs again on recompute
+        attn.register_forward_hook(lambda *a: calls.append(1))
+        stats = []
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            stats.append(trainer.update("answer", pairs))
+        runs[name] = (stats, [p.detach().clone() for p in trainer.params["answer"]], len(calls))
+    (ck_stats, ck_weights, ck_calls), (pl_stats, pl_weights, pl_calls) = runs["checkpointed"], runs["plain"]
+    # per update: reference pass + policy pass (+ its recompute when checkpointed)
+    assert (ck_calls, pl_calls) == (2 * 3, 2 * 2)
+    for a, b in zip(ck_stats, pl_stats):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    assert ck_stats[1]["grad_norm"] > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ck_weights, pl_weights))
