@@ -111,6 +111,7 @@ def sft(model, tok, name: str, rows: list[dict], cfg: CompileConfig, out: str | 
 
     torch.manual_seed(cfg.seed)  # the same LoRA init for every source
     model = add_adapter(model, name, cfg.lora())
+    adapters.enable_activation_checkpointing(model)
     params = adapter_params(model, name)
     for p in params:
         p.requires_grad_(True)

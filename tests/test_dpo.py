@@ -101,15 +101,13 @@ def test_updates_recompute_activations_and_give_the_same_step(tiny, monkeypatch)
     activations are not kept); the step it takes is the one taken without checkpointing."""
     import copy
 
-    import flowcore.dpo as dpo_module
-
     model, tok = tiny
     twin = copy.deepcopy(model)
     pairs = [_pair("answer", [5, 6, 7, 8], [40, 41, 42], [50, 51]), _pair("answer", [9, 10], [60], [70, 71])]
     runs = {}
     for name, net in (("checkpointed", model), ("plain", twin)):
         if name == "plain":
-            monkeypatch.setattr(dpo_module, "enable_activation_checkpointing", lambda m: None)
+            monkeypatch.setattr(adapters, "enable_activation_checkpointing", lambda m: None)
         torch.manual_seed(0)
         peft = adapters.attach(net, adapters.LoraConfig())  # dropout 0.05: the recompute must replay its masks
         trainer = OnlineDPO(peft, tok.pad_token_id, OnlineDPOConfig(lr=1e-2))
