@@ -15,8 +15,12 @@ re-tokenises text (a chunk boundary inside a word changes nothing).
 KV reuse: each flow keeps the Answer LLM's keys/values of its tokens between
 steps (``FlowState.cache``); a step left-pads the rows' caches into one batch
 cache, so earlier chunks are never encoded again, and ``branch`` starts a
-rollout from its original's cache cut to the shared prefix. The flows are the
-same as with ``reuse_kv=False`` (which re-encodes every step; tested).
+rollout from its original's cache cut to the shared prefix. The Stop LLM
+keeps its own cache (``FlowState.stop_cache``, made with the ``stop`` adapter):
+its prompt is re-tokenised text, so each pass reuses the longest common prefix
+of the token ids it cached last time (the question and the answer so far) and
+encodes only the rest (the new chunk and the question after it). The flows
+are the same as with ``reuse_kv=False`` (which re-encodes everything; tested).
 
 A flow ends when the Stop LLM's P(Yes) > ``stop_threshold`` (paper: 0.5),
 when the Answer LLM emits end-of-turn (ours), or after ``max_steps`` chunks.
@@ -74,7 +78,8 @@ def zero_shot_config(cfg: FlowConfig) -> FlowConfig:
 
 @dataclass
 class KVPrefix:
-    """The Answer LLM's keys/values for a flow's first ``n`` tokens (prompt + answer), made as ``role``.
+    """Keys/values of a sequence's first ``n`` tokens, made as ``role``: a flow's Answer LLM prompt +
+    answer, or its Stop LLM prompt (then ``ids`` holds the tokens, as that prompt is re-tokenised text).
 
     Valid only for the weights it was made with: a flow's cache lives as long as
     the flow, and nothing updates the adapters while flows run.
@@ -83,11 +88,13 @@ class KVPrefix:
     n: int
     role: str | None
     layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (1, kv_heads, n, head_dim)
+    ids: list[int] | None = None
 
     def truncate(self, n: int) -> "KVPrefix":
         if n > self.n:
             raise ValueError(f"cannot extend a {self.n}-token cache to {n} tokens by truncating")
-        return KVPrefix(n, self.role, [(k[:, :, :n], v[:, :, :n]) for k, v in self.layers])
+        return KVPrefix(n, self.role, [(k[:, :, :n], v[:, :, :n]) for k, v in self.layers],
+                        None if self.ids is None else self.ids[:n])
 
 
 @dataclass
@@ -107,6 +114,7 @@ class FlowState:
     chunks: list[Chunk] = field(default_factory=list)
     end_reason: str | None = None  # "stop" | "eos" | "max_steps"
     cache: KVPrefix | None = field(default=None, repr=False, compare=False)  # Answer LLM KV of all but the last token
+    stop_cache: KVPrefix | None = field(default=None, repr=False, compare=False)  # Stop LLM KV of its last prompt
 
     @property
     def done(self) -> bool:
@@ -146,7 +154,9 @@ class FlowEngine:
         gen_eos = gen_eos if isinstance(gen_eos, list) else [gen_eos]
         self.eos_ids = sorted({i for i in [tokenizer.eos_token_id, *gen_eos] if i is not None})
         self._prompt_ids: dict[str, list[int]] = {}
-        self.stats = collections.Counter()  # generated_tokens, {answer,stop}_calls, {answer,stop}_seconds, seconds
+        # generated_tokens, {answer,stop}_calls, {answer,stop}_seconds, seconds,
+        # stop_tokens (Stop prompt tokens asked about), stop_cached_tokens (of those, taken from a cache)
+        self.stats = collections.Counter()
 
     # ------------------------------------------------------------ text
 
@@ -204,19 +214,21 @@ class FlowEngine:
                                                 layer.values[j:j + 1, :, width - n:].clone()) for layer in pkv.layers])
         return caches
 
-    def _batch_cache(self, caches: list[KVPrefix], width: int):
-        """One left-padded DynamicCache holding each row's ``width - 1``-aligned prefix (pads are masked)."""
+    def _batch_cache(self, caches: list[KVPrefix | None], c: int):
+        """One DynamicCache of ``c`` columns holding each row's cache right-aligned (pads, and rows
+        without a cache, are zeros for the attention mask to hide)."""
         from transformers import DynamicCache
 
-        c = width - 1
+        some = next(kv for kv in caches if kv is not None)
         data = []
-        for layer in range(len(caches[0].layers)):
-            k0 = caches[0].layers[layer][0]
+        for layer in range(len(some.layers)):
+            k0 = some.layers[layer][0]
             keys = k0.new_zeros((len(caches), k0.shape[1], c, k0.shape[3]))
             values = torch.zeros_like(keys)
             for i, kv in enumerate(caches):
-                keys[i, :, c - kv.n:] = kv.layers[layer][0][0]
-                values[i, :, c - kv.n:] = kv.layers[layer][1][0]
+                if kv is not None and kv.n:
+                    keys[i, :, c - kv.n:] = kv.layers[layer][0][0]
+                    values[i, :, c - kv.n:] = kv.layers[layer][1][0]
             data.append((keys, values))
         return DynamicCache(ddp_cache_data=data, config=self.model.config)
 
@@ -239,7 +251,7 @@ class FlowEngine:
             stale = [i for i, c in enumerate(caches) if c is None or c.role != role or c.n != len(seqs[i]) - 1]
             for i, c in zip(stale, self._prefill([seqs[i] for i in stale]) if stale else []):
                 caches[i] = c
-            kwargs = {"past_key_values": self._batch_cache(caches, width), "return_dict_in_generate": True}
+            kwargs = {"past_key_values": self._batch_cache(caches, width - 1), "return_dict_in_generate": True}
         sample = temperature > 0
         with self._inference(self.cfg.answer_role):
             out = self.model.generate(
@@ -293,24 +305,70 @@ class FlowEngine:
             Chunk(ids, self.decode(ids), eos=bool(ids) and ids[-1] in self.eos_ids, kv=kv) for ids, kv in zip(new, kvs)
         ]
 
+    def _stop_prefix(self, state: FlowState, ids: list[int]) -> KVPrefix | None:
+        """The part of the flow's Stop cache that ``ids`` starts with (at least one token left to encode)."""
+        c = state.stop_cache
+        if not self.reuse_kv or c is None or c.role != self.cfg.stop_role:
+            return None
+        n = 0
+        limit = min(c.n, len(ids) - 1)
+        while n < limit and c.ids[n] == ids[n]:
+            n += 1
+        return c.truncate(n) if n else None
+
     def stop_probs(self, states: list[FlowState]) -> list[float]:
-        """P(Yes) normalised over {Yes, No} at the Stop LLM's first answer token, batched."""
+        """P(Yes) normalised over {Yes, No} at the Stop LLM's first answer token, batched.
+
+        With ``reuse_kv`` each row encodes only what its Stop cache does not hold, and the
+        flow keeps the cache of its whole prompt for the next decision.
+        """
         enc = [self.tok(prompts.stop_prompt(self.tok, s.problem.question, self.completion(s)),
                         add_special_tokens=False).input_ids for s in states]
+        caches = [self._stop_prefix(s, ids) for s, ids in zip(states, enc)]
+        new = [ids[c.n if c else 0:] for ids, c in zip(enc, caches)]
         # one forward per group of similar lengths: a prompt pass is compute-bound, so small groups cost
         # nothing, while padding every row to the batch's longest would (up to several-fold)
         t0 = time.perf_counter()
         probs = [0.0] * len(enc)
-        for group in length_groups(enc, min(self.cfg.batch_size, PASS_ROWS)):
-            ids, mask = self._pad_left([enc[i] for i in group])
-            with self._inference(self.cfg.stop_role):
-                logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1, :]
+        for group in length_groups(new, min(self.cfg.batch_size, PASS_ROWS)):
+            logits, kv = self._stop_pass([new[i] for i in group], [caches[i] for i in group])
             pair = logits[:, [self.yes_id, self.no_id]].float()
-            for i, p in zip(group, torch.softmax(pair, dim=-1)[:, 0].tolist()):
+            for j, (i, p) in enumerate(zip(group, torch.softmax(pair, dim=-1)[:, 0].tolist())):
                 probs[i] = p
+                if kv is not None:  # the cache of the whole prompt: the old prefix + the new tokens
+                    m, old = len(new[i]), caches[i]
+                    layers = [(k[j:j + 1, :, k.shape[2] - m:], v[j:j + 1, :, v.shape[2] - m:]) for k, v in kv]
+                    if old is not None:
+                        layers = [(torch.cat([ok, k], 2), torch.cat([ov, v], 2))
+                                  for (ok, ov), (k, v) in zip(old.layers, layers)]
+                    else:
+                        layers = [(k.clone(), v.clone()) for k, v in layers]
+                    states[i].stop_cache = KVPrefix(len(enc[i]), self.cfg.stop_role, layers, enc[i])
             self.stats["stop_calls"] += 1
+        self.stats["stop_tokens"] += sum(map(len, enc))
+        self.stats["stop_cached_tokens"] += sum(c.n for c in caches if c is not None)
         self.stats["stop_seconds"] += time.perf_counter() - t0
         return probs
+
+    def _stop_pass(self, seqs: list[list[int]], caches: list[KVPrefix | None]):
+        """Last-position logits of one Stop LLM pass over rows laid out as [pad, cache, pad, new tokens],
+        and (with ``reuse_kv``) the pass's keys/values per layer."""
+        c = max((kv.n for kv in caches if kv is not None), default=0)
+        ids, new_mask = self._pad_left(seqs)
+        n = ids.shape[1]
+        mask = torch.zeros((len(seqs), c + n), dtype=torch.long, device=ids.device)
+        mask[:, c:] = new_mask
+        positions = torch.zeros_like(ids)
+        for i, (s, kv) in enumerate(zip(seqs, caches)):
+            start = kv.n if kv is not None else 0
+            mask[i, c - start:c] = 1
+            positions[i, n - len(s):] = torch.arange(start, start + len(s))
+        kwargs = {"past_key_values": self._batch_cache(caches, c)} if c else {}
+        with self._inference(self.cfg.stop_role):
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=self.reuse_kv,
+                             logits_to_keep=1, **kwargs)
+        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers] if self.reuse_kv else None
+        return out.logits[:, -1, :], kv
 
     # ------------------------------------------------------------ the flow
 
@@ -367,7 +425,8 @@ class FlowEngine:
         if state.cache is not None:
             n = len(self.prompt_ids(state.problem)) + sum(len(c.token_ids) for c in chunks) - 1
             cache = state.cache.truncate(n) if n <= state.cache.n else None
-        return FlowState(state.problem, chunks, cache=cache)
+        # the Stop cache is shared as it is: its next use keeps only the prefix the branch's prompt shares
+        return FlowState(state.problem, chunks, cache=cache, stop_cache=state.stop_cache)
 
     def trace(self, state: FlowState) -> Trace:
         p = state.problem

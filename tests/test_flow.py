@@ -49,7 +49,7 @@ def test_kv_reuse_changes_nothing_but_speed(tiny):
 
     model, tok = tiny
     cfg = FlowConfig(chunk_size=4, max_steps=4, batch_size=3, stop_threshold=0.6)
-    runs = {}
+    runs, cached = {}, {}
     for reuse in (True, False):
         engine = FlowEngine(model, tok, cfg, reuse_kv=reuse)
         traces = sorted(engine.solve(problems(7)), key=lambda t: t.problem_id)
@@ -57,12 +57,33 @@ def test_kv_reuse_changes_nothing_but_speed(tiny):
         found = explore(engine, problems(3), rollouts=2, temperature=1.0)
         runs[reuse] = ([(t.completion, [c["p_yes"] for c in t.chunks]) for t in traces],
                        [[r.completion for r in x.rollouts] for x in found], engine.stats["generated_tokens"])
+        cached[reuse] = engine.stats["stop_cached_tokens"] / engine.stats["stop_tokens"]
+    assert cached[False] == 0 and cached[True] > 0.3  # the Stop LLM really read most of its prompts from caches
     (flows_a, rollouts_a, tokens_a), (flows_b, rollouts_b, tokens_b) = runs[True], runs[False]
     assert [f for f, _ in flows_a] == [f for f, _ in flows_b]
     for (_, pa), (_, pb) in zip(flows_a, flows_b):
         assert pa == pytest.approx(pb, abs=1e-5)
     assert rollouts_a == rollouts_b and tokens_a == tokens_b
     assert sum(len(c) > 1 for _, c in flows_a) >= 2  # several flows really had more than one chunk
+
+
+def test_a_branch_asks_the_stop_llm_from_its_original_s_stop_cache(tiny):
+    model, tok = tiny
+    engine = FlowEngine(model, tok, FlowConfig(chunk_size=4, max_steps=4, stop_threshold=1.0))
+    state = FlowState(problems(1)[0])
+    for _ in range(3):
+        engine.step([state])
+    assert state.stop_cache.n == len(state.stop_cache.ids) and state.stop_cache.role == "stop"
+    branch = engine.branch(state, 1)
+    assert branch.stop_cache is state.stop_cache
+    before = engine.stats["stop_cached_tokens"]
+    torch.manual_seed(1)
+    engine.step([branch], temperature=1.0)  # a new second chunk, then the Stop LLM from the shared prefix
+    old, new = state.stop_cache.ids, branch.stop_cache.ids
+    shared = next(i for i, (a, b) in enumerate(zip(old, new)) if a != b)
+    assert engine.stats["stop_cached_tokens"] - before == shared > len(engine.prompt_ids(state.problem)) // 2
+    fresh = FlowEngine(model, tok, engine.cfg, reuse_kv=False)
+    assert branch.chunks[1].p_yes == pytest.approx(fresh.stop_probs([branch])[0], abs=1e-5)
 
 
 def test_chunked_zero_shot_equals_one_generate_call(tiny):
