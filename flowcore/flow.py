@@ -6,7 +6,7 @@ Both roles are the same base model with LoRA adapters ``answer`` and ``stop``
 Batching: many flows advance in lockstep. Each ``step`` generates one chunk
 for every active flow in ONE ``generate`` call (left padding), then asks the
 Stop LLM about all of them (forward passes over groups of ``PASS_ROWS`` rows of
-similar length, so short prompts are not padded to the longest). ``run`` keeps the batch full:
+similar length to encode, so short inputs are not padded to the longest). ``run`` keeps the batch full:
 a finished flow drops out and the next pending problem takes its slot, so a
 test set runs at batch throughput. The Answer LLM's input is the prompt's
 token ids plus the chunks' own token ids, so continuing a flow never
