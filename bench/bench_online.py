@@ -75,7 +75,7 @@ def naive_loop(net, tok, problems, flow, dpo):
                 trainer.update(role, batch)
             if i == len(problems) - 1 and pending[role]:
                 trainer.update(role, pending[role])
-    return n_pairs, engine.stats["generated_tokens"]
+    return n_pairs, engine.stats["generated_tokens"], engine.stats["decoded_row_tokens"]
 
 
 def one_mode(args) -> dict:
@@ -92,15 +92,17 @@ def one_mode(args) -> dict:
     net, tok = models.load(args.model)
     t0 = time.time()
     if args.mode == "naive":
-        n_pairs, tokens = naive_loop(net, tok, problems, flow, dpo)
+        n_pairs, tokens, row_tokens = naive_loop(net, tok, problems, flow, dpo)
     else:
         with tempfile.TemporaryDirectory() as run:
             summary = train(net, tok, problems, Path(run), flow, dpo, Processes())
-        n_pairs, tokens = summary["pairs"], summary["generated_tokens"]
+        n_pairs, tokens, row_tokens = summary["pairs"], summary["generated_tokens"], summary["decoded_row_tokens"]
     seconds = time.time() - t0
     return {"mode": args.mode, "examples": args.examples, "seconds": round(seconds, 1),
             "examples_per_hour": round(3600 * args.examples / seconds, 1), "pairs": n_pairs,
-            "generated_tokens": tokens, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "generated_tokens": tokens,
+            "decode_use": round(tokens / row_tokens, 3) if row_tokens else None,  # generated / rows x positions decoded
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "torch_threads": torch.get_num_threads()}
 
 

@@ -155,6 +155,8 @@ class FlowEngine:
         self.eos_ids = sorted({i for i in [tokenizer.eos_token_id, *gen_eos] if i is not None})
         self._prompt_ids: dict[str, list[int]] = {}
         # generated_tokens, {answer,stop}_calls, {answer,stop}_seconds, seconds,
+        # decoded_row_tokens (rows x new positions of each generate call: a row that has ended still
+        # decodes until its batch's longest chunk is done, so generated_tokens / this is the batch's use),
         # stop_tokens (Stop prompt tokens asked about), stop_cached_tokens (of those, taken from a cache)
         self.stats = collections.Counter()
 
@@ -269,6 +271,7 @@ class FlowEngine:
         self.stats["answer_calls"] += 1
         self.stats["answer_seconds"] += time.perf_counter() - t0
         sequences = out.sequences if self.reuse_kv else out
+        self.stats["decoded_row_tokens"] += sequences.shape[0] * (sequences.shape[1] - width)
         chunks, new_caches = [], []
         for i, row in enumerate(sequences[:, width:].tolist()):
             cut = next((j + 1 for j, t in enumerate(row) if t in self.eos_ids), len(row))

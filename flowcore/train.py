@@ -318,7 +318,8 @@ def train(net, tok, problems: list[data.Problem], run: Path, flow: FlowConfig, d
     checksums = procs.gather([checksum])
     if len(set(checksums)) > 1:
         raise RuntimeError(f"processes ended with different adapters: {checksums}")
-    summary = {"steps": dict(trainer.steps), "generated_tokens": engine.stats["generated_tokens"]}
+    summary = {"steps": dict(trainer.steps), "generated_tokens": engine.stats["generated_tokens"],
+               "decoded_row_tokens": engine.stats["decoded_row_tokens"]}
     if procs.rank == 0:
         bar.close()
         if procs.world > 1:

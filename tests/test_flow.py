@@ -27,6 +27,20 @@ def test_flow_runs_every_problem_once_with_more_problems_than_batch(tiny):
     assert engine.stats["answer_calls"] < 7 * 3
 
 
+def test_decoded_row_tokens_count_the_rows_that_decode_after_their_end(tiny):
+    model, tok = tiny
+    cfg = FlowConfig(chunk_size=6, max_steps=3, stop_threshold=1.0)
+    single = FlowEngine(model, tok, replace(cfg, batch_size=1))
+    list(single.solve(problems(5)))
+    # one row per call: it decodes exactly its own tokens
+    assert single.stats["decoded_row_tokens"] == single.stats["generated_tokens"] > 0
+    batched = FlowEngine(model, tok, replace(cfg, batch_size=8))
+    list(batched.solve(problems(5)))
+    assert batched.stats["generated_tokens"] == single.stats["generated_tokens"]
+    calls = batched.stats["answer_calls"]
+    assert batched.stats["generated_tokens"] <= batched.stats["decoded_row_tokens"] <= calls * 5 * cfg.chunk_size
+
+
 def test_stop_threshold_zero_stops_after_one_chunk(tiny):
     model, tok = tiny
     engine = FlowEngine(model, tok, FlowConfig(chunk_size=5, max_steps=4, stop_threshold=0.0))
