@@ -22,6 +22,11 @@ of the token ids it cached last time (the question and the answer so far) and
 encodes only the rest (the new chunk and the question after it). The flows
 are the same as with ``reuse_kv=False`` (which re-encodes everything; tested).
 
+Compaction (with KV reuse): ``generate`` keeps decoding a row that has ended
+until its call ends, so a call stops early once at most ``COMPACT_BELOW`` of
+its rows are still decoding, and those rows finish the chunk in a smaller
+call from their caches (same tokens; tested).
+
 A flow ends when the Stop LLM's P(Yes) > ``stop_threshold`` (paper: 0.5),
 when the Answer LLM emits end-of-turn (ours), or after ``max_steps`` chunks.
 
@@ -40,12 +45,17 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Iterator
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from . import adapters, grading, prompts
 from .data import Problem
 
 
 PASS_ROWS = 8  # (ours) rows per prompt-encoding pass (Stop LLM, Answer prefill), grouped by length
+# (ours) compaction: a generate call ends once at most this fraction of its rows are still decoding and
+# at least COMPACT_MIN_LEFT tokens of the chunk remain; the rest go on in a smaller call from their caches
+COMPACT_BELOW = 0.5
+COMPACT_MIN_LEFT = 16
 
 
 def length_groups(seqs: list[list[int]], rows: int) -> Iterator[list[int]]:
@@ -142,6 +152,20 @@ class Trace:
         return asdict(self)
 
 
+class _FewRowsLeft(StoppingCriteria):
+    """Ends a ``generate`` call for compaction: once at most ``COMPACT_BELOW`` of its rows are still
+    decoding (no eos among their new tokens) and at least ``COMPACT_MIN_LEFT`` tokens of the budget remain."""
+
+    def __init__(self, width: int, budget: int, eos_ids: list[int]):
+        self.width, self.budget, self.eos = width, budget, torch.tensor(eos_ids)
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        new = input_ids[:, self.width:]
+        decoding = int((~torch.isin(new, self.eos.to(new.device)).any(dim=1)).sum())
+        stop = (0 < decoding <= COMPACT_BELOW * len(new)) and self.budget - new.shape[1] >= COMPACT_MIN_LEFT
+        return torch.full((len(new),), stop, dtype=torch.bool, device=new.device)
+
+
 class FlowEngine:
     """Runs flows for many problems at once on one model (with or without adapters)."""
 
@@ -236,30 +260,58 @@ class FlowEngine:
 
     def _generate(self, seqs: list[list[int]], temperature: float,
                   caches: list[KVPrefix | None] | None = None) -> tuple[list[list[int]], list[KVPrefix | None]]:
-        """One chunk for each sequence in one generate call, trimmed after the first eos; and, with
-        ``reuse_kv``, each row's cache after it (all its tokens but the last).
+        """One chunk for each sequence, trimmed after the first eos; and, with ``reuse_kv``, each
+        row's cache after it (all its tokens but the last).
 
         KV reuse: a flow's earlier chunks are not re-encoded. Every row enters with
         the cache of all its tokens but the last (rows without one get it from one
         prefill pass), so the call encodes one new token per row and then decodes.
+
+        Compaction (with ``reuse_kv``): ``generate`` decodes a row that has ended until
+        the call ends, so once at most ``COMPACT_BELOW`` of the rows are still decoding
+        the call stops and those rows go on in a new, smaller call from their caches.
         """
+        n, seqs = len(seqs), list(seqs)
+        caches = list(caches or [None] * n)
+        chunks: list[list[int]] = [[] for _ in range(n)]
+        todo, budget = list(range(n)), self.cfg.chunk_size
+        while todo:
+            rows, kvs, used = self._generate_call([seqs[i] for i in todo], temperature,
+                                                  [caches[i] for i in todo], budget)
+            budget -= used
+            left = []
+            for i, row, kv in zip(todo, rows, kvs):
+                chunks[i] += row
+                caches[i] = kv
+                if budget > 0 and not (row and row[-1] in self.eos_ids):
+                    seqs[i] = seqs[i] + row
+                    left.append(i)
+            todo = left
+        return chunks, caches
+
+    def _generate_call(self, seqs: list[list[int]], temperature: float, caches: list[KVPrefix | None],
+                       budget: int) -> tuple[list[list[int]], list[KVPrefix | None], int]:
+        """One ``generate`` call of at most ``budget`` new tokens: each row's tokens (trimmed after
+        the first eos), its cache (with ``reuse_kv``), and how many positions the call decoded."""
         t0 = time.perf_counter()
         ids, mask = self._pad_left(seqs)
         width = ids.shape[1]
         kwargs = {}
         if self.reuse_kv:
             role = self.cfg.answer_role
-            caches = list(caches or [None] * len(seqs))
+            caches = list(caches)
             stale = [i for i, c in enumerate(caches) if c is None or c.role != role or c.n != len(seqs[i]) - 1]
             for i, c in zip(stale, self._prefill([seqs[i] for i in stale]) if stale else []):
                 caches[i] = c
             kwargs = {"past_key_values": self._batch_cache(caches, width - 1), "return_dict_in_generate": True}
+            if len(seqs) > 1:
+                kwargs["stopping_criteria"] = StoppingCriteriaList([_FewRowsLeft(width, budget, self.eos_ids)])
         sample = temperature > 0
         with self._inference(self.cfg.answer_role):
             out = self.model.generate(
                 input_ids=ids,
                 attention_mask=mask,
-                max_new_tokens=self.cfg.chunk_size,
+                max_new_tokens=budget,
                 do_sample=sample,
                 temperature=temperature if sample else None,
                 top_p=self.cfg.top_p if sample else None,
@@ -271,7 +323,8 @@ class FlowEngine:
         self.stats["answer_calls"] += 1
         self.stats["answer_seconds"] += time.perf_counter() - t0
         sequences = out.sequences if self.reuse_kv else out
-        self.stats["decoded_row_tokens"] += sequences.shape[0] * (sequences.shape[1] - width)
+        used = sequences.shape[1] - width
+        self.stats["decoded_row_tokens"] += sequences.shape[0] * used
         chunks, new_caches = [], []
         for i, row in enumerate(sequences[:, width:].tolist()):
             cut = next((j + 1 for j, t in enumerate(row) if t in self.eos_ids), len(row))
@@ -284,7 +337,7 @@ class FlowEngine:
                     for layer in out.past_key_values.layers]))
             else:
                 new_caches.append(None)
-        return chunks, new_caches
+        return chunks, new_caches, used
 
     def generate_chunks(self, states: list[FlowState], avoid: list[list[int] | None] | None = None,
                         temperature: float | None = None, max_tries: int = 4) -> list[Chunk]:

@@ -1,10 +1,11 @@
 """The batched Answer/Stop flow on a tiny random model."""
+import collections
 from dataclasses import replace
 
 import pytest
 import torch
 
-from flowcore import adapters, prompts
+from flowcore import adapters, flow, prompts
 from flowcore.data import Problem
 from flowcore.flow import FlowConfig, FlowEngine, FlowState, zero_shot_config
 
@@ -39,6 +40,34 @@ def test_decoded_row_tokens_count_the_rows_that_decode_after_their_end(tiny):
     assert batched.stats["generated_tokens"] == single.stats["generated_tokens"]
     calls = batched.stats["answer_calls"]
     assert batched.stats["generated_tokens"] <= batched.stats["decoded_row_tokens"] <= calls * 5 * cfg.chunk_size
+
+
+def test_compaction_gives_the_chunks_of_one_call_with_fewer_rows_decoded(tiny, monkeypatch):
+    model, tok = tiny
+    torch.manual_seed(0)
+    with torch.no_grad():  # larger random weights: varied greedy text instead of one repeated token
+        for prm in model.parameters():
+            prm.normal_(0, 0.5)
+    monkeypatch.setattr(flow, "COMPACT_MIN_LEFT", 1)
+    cfg = FlowConfig(chunk_size=40, batch_size=8)
+    plain = FlowEngine(model, tok, cfg, reuse_kv=False)
+    first = plain.generate_chunks([FlowState(p) for p in problems(8)])
+    # a token that most but not all rows write, at different places, becomes an extra end token,
+    # so the rows of one call end at different times
+    counts = collections.Counter(t for c in first for t in set(c.token_ids))
+    extra = max((t for t, k in counts.items() if 4 <= k < 8), key=counts.get)
+    runs = {}
+    for reuse in (False, True):
+        engine = FlowEngine(model, tok, cfg, reuse_kv=reuse)
+        engine.eos_ids = sorted({*engine.eos_ids, extra})
+        chunks = [c.token_ids for c in engine.generate_chunks([FlowState(p) for p in problems(8)])]
+        runs[reuse] = chunks, engine.stats
+    (plain_chunks, plain_stats), (chunks, stats) = runs[False], runs[True]
+    assert chunks == plain_chunks
+    assert len({len(c) for c in chunks}) > 2
+    assert plain_stats["answer_calls"] == 1 and stats["answer_calls"] > 1  # compaction happened
+    assert stats["generated_tokens"] == plain_stats["generated_tokens"] < stats["decoded_row_tokens"]
+    assert stats["decoded_row_tokens"] < plain_stats["decoded_row_tokens"] == 8 * 40
 
 
 def test_stop_threshold_zero_stops_after_one_chunk(tiny):
