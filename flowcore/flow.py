@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Iterator
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
 from . import adapters, grading, prompts
 from .data import Problem
@@ -243,8 +243,6 @@ class FlowEngine:
     def _batch_cache(self, caches: list[KVPrefix | None], c: int):
         """One DynamicCache of ``c`` columns holding each row's cache right-aligned (pads, and rows
         without a cache, are zeros for the attention mask to hide)."""
-        from transformers import DynamicCache
-
         some = next(kv for kv in caches if kv is not None)
         data = []
         for layer in range(len(some.layers)):
