@@ -4,7 +4,9 @@
 written; ``RESULTS.meta.json`` records the command, model, settings, seed,
 date and git commit that produced it. Reopening with the same settings
 resumes (items already written are skipped by id); different settings are
-refused rather than mixed into one file.
+refused rather than mixed into one file. The sidecar's ``seconds`` add up
+the time of every invocation that wrote records (a killed one up to its last
+record), so a resumed file's summary times all of it.
 """
 from __future__ import annotations
 
@@ -132,6 +134,7 @@ class ResultsFile:
         else:
             self.meta = provenance(settings, command)
         self.records = read_jsonl(self.path)
+        self._opened = (len(self.records), time.time(), self.meta.get("seconds", 0.0))
         self._rewrite_clean()
         self._write_meta()
 
@@ -149,6 +152,9 @@ class ResultsFile:
     def append(self, record: dict) -> None:
         append_jsonl(self.path, [record])
         self.records.append(record)
+        _, t0, before = self._opened
+        self.meta["seconds"] = round(before + time.time() - t0, 1)
+        self._write_meta()
 
     def note(self, key: str, value) -> None:
         """Record extra provenance (not part of the settings that resuming compares)."""
@@ -156,6 +162,9 @@ class ResultsFile:
         self._write_meta()
 
     def finish(self, summary: dict) -> None:
-        self.meta["summary"] = summary
+        """Record the summary (with the total ``seconds``); a rerun that wrote nothing leaves a finished file as it was."""
+        if len(self.records) == self._opened[0] and "finished" in self.meta:
+            return
+        self.meta["summary"] = {**summary, "seconds": self.meta.get("seconds", 0.0)}
         self.meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self._write_meta()

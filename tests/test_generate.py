@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from flowcore import generate
-from flowcore.results import read_jsonl
+from flowcore import generate, results
+from flowcore.results import ResultsFile, read_jsonl
 
 
 @pytest.fixture
@@ -40,6 +40,29 @@ def test_generate_writes_traces_and_resumes_after_a_kill(tiny_dir, tmp_path, cap
     assert len(resumed) == 5
     key = lambda r: r["problem_id"]
     assert sorted(resumed, key=key) == sorted(records, key=key)
+
+
+def test_seconds_add_up_over_a_killed_and_a_resumed_invocation(tmp_path, monkeypatch):
+    clock = iter([100.0, 130.0, 1000.0, 1010.0])  # open, append (then killed); open again, append
+    monkeypatch.setattr(results.time, "time", lambda: next(clock))
+    path = tmp_path / "r.jsonl"
+    ResultsFile(path, {"a": 1}, "cmd").append({"problem_id": 1})
+    resumed = ResultsFile(path, {"a": 1}, "cmd")
+    resumed.append({"problem_id": 2})
+    resumed.finish({"n": 2})
+    assert json.loads(path.with_suffix(".meta.json").read_text())["summary"] == {"n": 2, "seconds": 40.0}
+
+
+def test_a_rerun_that_writes_nothing_leaves_a_finished_meta_as_it_was(tmp_path):
+    path = tmp_path / "r.jsonl"
+    done = ResultsFile(path, {"a": 1}, "cmd")
+    done.append({"problem_id": 1})
+    done.finish({"n": 1})
+    meta_path = path.with_suffix(".meta.json")
+    meta = {**json.loads(meta_path.read_text()), "finished": "2000-01-01T00:00:00+0000"}  # so a rewrite shows
+    meta_path.write_text(json.dumps(meta))
+    ResultsFile(path, {"a": 1}, "cmd").finish({"n": 1})
+    assert json.loads(meta_path.read_text()) == meta
 
 
 def test_other_settings_are_refused_not_mixed(tiny_dir, tmp_path, capsys):
