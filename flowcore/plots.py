@@ -64,10 +64,26 @@ def run_curves(run_dir: str | Path) -> dict[str, list[bool]]:
     return curves
 
 
+def rounds(progress: list[dict], untrained: list[bool], size: int) -> list[dict]:
+    """Per round of ``size`` examples: progressive correct, the untrained flow on the same examples, pairs made,
+    the DPO steps logged at the round's end (loss, reward accuracy) and seconds per example."""
+    out = []
+    for start in range(0, len(progress), size):
+        g, end = progress[start:start + size], min(start + size, len(progress))
+        out.append({"examples": [start, end - 1], "correct": sum(p["correct"] for p in g),
+                    "untrained_flow_correct": sum(untrained[start:end]) if len(untrained) >= end else None,
+                    "answer_pairs": sum(p["n_answer_pairs"] for p in g), "stop_pairs": sum(p["n_stop_pairs"] for p in g),
+                    "steps": [{k: s[k] for k in ("role", "step", "pairs", "loss", "reward_accuracy")}
+                              for p in g for s in p["losses"]],
+                    "seconds_per_example": round(sum(p["seconds"] for p in g) / len(g), 1)})
+    return out
+
+
 def run_summary(run_dir: str | Path) -> dict:
     """The run's numbers, from its files: accuracies, paired differences vs the baselines, pairs, steps, time."""
     run = Path(run_dir)
     curves = run_curves(run)
+    settings = run_config(run)["settings"]
     progress = read_jsonl(run / "progress.jsonl")
     online = curves[CURVES[0][0]]
     steps = [s for p in progress for s in p["losses"]]
@@ -90,6 +106,7 @@ def run_summary(run_dir: str | Path) -> dict:
                   "per_example": round((answer_pairs + stop_pairs) / n, 3) if n else 0.0},
         "dpo_steps": {role: sum(1 for s in steps if s["role"] == role) for role in ("answer", "stop")},
         "seconds_per_example": round(sum(p["seconds"] for p in progress) / n, 1) if n else 0.0,
+        "rounds": rounds(progress, curves[CURVES[1][0]], settings["dpo"]["group_size"] * settings["world_size"]),
     }
 
 

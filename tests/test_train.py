@@ -134,6 +134,9 @@ def test_baselines_and_chart(setup, one_thread):
     assert summary["pairs"]["per_example"] == pytest.approx(round(pairs / 3, 3))
     assert sum(summary["dpo_steps"].values()) == sum(len(p["losses"]) for p in progress)
     flow_in_order = [flow[i] for i in ids]
+    assert [(r["examples"], r["correct"], r["untrained_flow_correct"]) for r in summary["rounds"]] == [
+        ([0, 1], sum(online[:2]), sum(flow_in_order[:2])), ([2, 2], online[2], flow_in_order[2])]  # --group-size 2
+    assert sum(len(r["steps"]) for r in summary["rounds"]) == sum(summary["dpo_steps"].values())
     assert summary["trained_minus_baseline"]["untrained flow"]["all"]["difference"] == pytest.approx(
         (sum(online) - sum(flow_in_order)) / 3)
     with pytest.raises(FileNotFoundError, match="python -m flowcore train"):
