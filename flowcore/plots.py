@@ -14,7 +14,7 @@ drives a Chrome/Chromium browser; Debian: ``apt-get install chromium``), and
 prints and writes ``summary.json`` (``run_summary``): each curve's accuracy, the
 trained flow minus each baseline on the same examples (all of them, and only
 those predicted after the first DPO step), pairs, DPO steps and seconds per
-example.
+example, per round and in all, and ``diagnostics`` (see that module).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import stats
+from . import diagnostics, stats
 from .baselines import FILES, run_config
 from .results import read_jsonl
 
@@ -107,6 +107,9 @@ def run_summary(run_dir: str | Path) -> dict:
         "dpo_steps": {role: sum(1 for s in steps if s["role"] == role) for role in ("answer", "stop")},
         "seconds_per_example": round(sum(p["seconds"] for p in progress) / n, 1) if n else 0.0,
         "rounds": rounds(progress, curves[CURVES[1][0]], settings["dpo"]["group_size"] * settings["world_size"]),
+        "diagnostics": diagnostics.diagnostics(progress, read_jsonl(run / "pairs.jsonl"),
+                                               read_jsonl(run / FILES["flow"]), read_jsonl(run / FILES["zero-shot"]),
+                                               after=first + 1 if first is not None else n),
     }
 
 
@@ -124,7 +127,7 @@ def describe(summary: dict) -> str:
         lines.append(f"  Flow-DPO minus {name}, examples after the first DPO step "
                      f"({'none yet' if first is None else f'index > {first}'}): "
                      f"{stats.fmt_difference(c['after_first_step'])}")
-    return "\n".join(lines)
+    return "\n".join(lines + diagnostics.describe(summary["diagnostics"]))
 
 
 def progressive_figure(run_dir: str | Path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import tinyflow
-from flowcore import adapters, data
+from flowcore import adapters, data, diagnostics
 from flowcore.flow import Chunk, FlowConfig, FlowEngine, FlowState
 from flowcore.rollouts import answer_pair, explore, stop_pairs, stop_prompt_ids
 
@@ -166,3 +166,20 @@ def test_explore_plays_out_continue_counterfactuals(tmp_path):
     stop = [p for x in found for p in x.pairs if p.role == "stop"]
     # stopping gave a wrong partial; continuing reached the gold on some problems -> chosen "No" there
     assert stop and all(p.node == 2 and p.chosen_text == "No" and "continuing would give" in p.reason for p in stop)
+
+
+def test_diagnostics_reads_the_stop_reasons_written_here(engine):
+    """diagnostics.stop_pairs parses the reason text stop_pairs writes: keep the two in step."""
+    no_answer_yet = make_state(engine, ["Step 1: 3 - 1.", " So \\boxed{2}."], [0.2, None], "eos")
+    stopped_wrong = make_state(engine, ["Step 1: 3 - 1 = \\boxed{5}."], [0.9], "stop")
+    went_on = make_state(engine, ["Step 1: 3 - 1 = \\boxed{5}.", " No: \\boxed{2}."], [0.9, None], "eos")
+    stopped_empty = make_state(engine, ["Step 1: 3 - 1."], [0.9], "stop")
+    went_on_empty = make_state(engine, ["Step 1: 3 - 1.", " So \\boxed{2}."], [0.9, None], "eos")
+    stopped_right = make_state(engine, ["So \\boxed{2}."], [0.9], "stop")
+    also_wrong = make_state(engine, ["Step 1: 3 - 1 = \\boxed{5}.", " \\boxed{7}."], [0.9, None], "eos")
+    pairs = (stop_pairs(engine, no_answer_yet, engine.trace(no_answer_yet))  # No: would give no answer
+             + stop_pairs(engine, stopped_wrong, engine.trace(stopped_wrong), went_on)  # No: gave 5
+             + stop_pairs(engine, stopped_empty, engine.trace(stopped_empty), went_on_empty)  # No: gave no answer
+             + stop_pairs(engine, stopped_right, engine.trace(stopped_right), also_wrong))  # Yes
+    records = [{"role": p.role, "chosen_text": p.chosen_text, "reason": p.reason} for p in pairs]
+    assert diagnostics.stop_pairs(records) == {"chosen_yes": 1, "chosen_no": 3, "chosen_no_as_stopping_gave_no_answer": 2}

@@ -137,6 +137,10 @@ def test_baselines_and_chart(setup, one_thread):
     assert [(r["examples"], r["correct"], r["untrained_flow_correct"]) for r in summary["rounds"]] == [
         ([0, 1], sum(online[:2]), sum(flow_in_order[:2])), ([2, 2], online[2], flow_in_order[2])]  # --group-size 2
     assert sum(len(r["steps"]) for r in summary["rounds"]) == sum(summary["dpo_steps"].values())
+    d = summary["diagnostics"]
+    assert d["stop_pairs"]["chosen_yes"] + d["stop_pairs"]["chosen_no"] == summary["pairs"]["stop"]
+    assert d["untrained_flow_vs_zero_shot"]["n"] == 3
+    assert d["after_example"] == (summary["first_step_after_example"] + 1 if any(p["losses"] for p in progress) else 3)
     assert summary["trained_minus_baseline"]["untrained flow"]["all"]["difference"] == pytest.approx(
         (sum(online) - sum(flow_in_order)) / 3)
     with pytest.raises(FileNotFoundError, match="python -m flowcore train"):

@@ -1,0 +1,86 @@
+"""What a run's files show about *why* the trained flow does (not) beat its baselines.
+
+Counts only, from the committed files (``pairs.jsonl``, ``progress.jsonl``,
+``baseline_flow.jsonl``, ``baseline_zero_shot.jsonl``); ``python -m flowcore plot``
+puts them in ``summary.json`` under ``diagnostics``:
+
+- ``stop_pairs``: Stop pairs by chosen label, and how many chose "No" because
+  stopping there gave (or would give) no answer at all.
+- ``end_reasons``: how the flows ended (``eos``: the Answer LLM ended its turn;
+  ``stop``: the Stop LLM said Yes; ``max_steps``), trained vs untrained, on the
+  examples predicted after the first DPO step.
+- ``trained_vs_untrained``: on those examples, where the trained flow is right and
+  the untrained one wrong (wins) and the reverse (losses), and how many of each
+  had the untrained flow stopped by its Stop LLM.
+- ``untrained_flow_vs_zero_shot``: whether the untrained flow's completion is the
+  zero-shot one, a strict prefix of it (a Stop LLM can only cut the text short), or
+  other text; answers the prefixes lost and gained.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+STOPPED = "stop"  # FlowState.end_reason when the Stop LLM ended the flow
+_STOP_GAVE_NO_ANSWER = re.compile(r"^stopping at node \d+ (?:would give|gave) no answer \(")  # rollouts.stop_pairs
+
+
+def stop_pairs(pairs: list[dict]) -> dict:
+    stop = [p for p in pairs if p["role"] == "stop"]
+    no = [p for p in stop if p["chosen_text"] == "No"]
+    return {"chosen_yes": sum(p["chosen_text"] == "Yes" for p in stop), "chosen_no": len(no),
+            "chosen_no_as_stopping_gave_no_answer": sum(bool(_STOP_GAVE_NO_ANSWER.match(p["reason"])) for p in no)}
+
+
+def end_reasons(records: list[dict]) -> dict:
+    return dict(sorted(Counter(r["end_reason"] for r in records).items()))
+
+
+def trained_vs_untrained(progress: list[dict], untrained: dict[str, dict]) -> dict:
+    """``progress`` records (trained flow) against the untrained flow's records by problem id."""
+    both = [(p, untrained[p["problem_id"]]) for p in progress if p["problem_id"] in untrained]
+    wins = [u for p, u in both if p["correct"] and not u["correct"]]
+    losses = [u for p, u in both if u["correct"] and not p["correct"]]
+    return {"n": len(both), "wins": len(wins), "wins_where_untrained_stopped": sum(u["end_reason"] == STOPPED for u in wins),
+            "losses": len(losses),
+            "losses_where_untrained_stopped": sum(u["end_reason"] == STOPPED for u in losses)}
+
+
+def flow_vs_zero_shot(flow: dict[str, dict], zero_shot: dict[str, dict]) -> dict:
+    """The flow's completion against the single model's, on the problems both have (greedy decoding makes
+    the untrained flow's text the zero-shot text unless its Stop LLM cuts it short)."""
+    ids = [i for i in flow if i in zero_shot]
+    same = [i for i in ids if flow[i]["completion"] == zero_shot[i]["completion"]]
+    prefix = [i for i in ids if i not in same and zero_shot[i]["completion"].startswith(flow[i]["completion"])]
+    return {"n": len(ids), "identical": len(same), "strict_prefix": len(prefix),
+            "other": len(ids) - len(same) - len(prefix),
+            "prefix_lost": sum(zero_shot[i]["correct"] and not flow[i]["correct"] for i in prefix),
+            "prefix_gained": sum(flow[i]["correct"] and not zero_shot[i]["correct"] for i in prefix)}
+
+
+def diagnostics(progress: list[dict], pairs: list[dict], flow: list[dict], zero_shot: list[dict],
+                after: int) -> dict:
+    """All of the above; ``after``: the first progress index predicted by updated adapters."""
+    flow_by_id, later = {r["problem_id"]: r for r in flow}, progress[after:]
+    later_untrained = [flow_by_id[p["problem_id"]] for p in later if p["problem_id"] in flow_by_id]
+    return {"after_example": after, "stop_pairs": stop_pairs(pairs),
+            "end_reasons": {"trained flow": end_reasons(later), "untrained flow": end_reasons(later_untrained)},
+            "trained_vs_untrained": trained_vs_untrained(later, flow_by_id),
+            "untrained_flow_vs_zero_shot": flow_vs_zero_shot(flow_by_id, {r["problem_id"]: r for r in zero_shot})}
+
+
+def describe(d: dict) -> list[str]:
+    s, tu, fz = d["stop_pairs"], d["trained_vs_untrained"], d["untrained_flow_vs_zero_shot"]
+    lines = [f"  Stop pairs: chosen Yes {s['chosen_yes']}, chosen No {s['chosen_no']} "
+             f"({s['chosen_no_as_stopping_gave_no_answer']} as stopping gave no answer)"]
+    if tu["n"]:
+        lines.append(f"  from example {d['after_example']} on: ended by the Stop LLM: trained "
+                     f"{d['end_reasons']['trained flow'].get(STOPPED, 0)}, untrained "
+                     f"{d['end_reasons']['untrained flow'].get(STOPPED, 0)} of {tu['n']}; trained vs untrained "
+                     f"{tu['wins']} wins ({tu['wins_where_untrained_stopped']} where the untrained flow stopped), "
+                     f"{tu['losses']} losses ({tu['losses_where_untrained_stopped']})")
+    if fz["n"]:
+        lines.append(f"  untrained flow vs zero-shot text on {fz['n']}: identical {fz['identical']}, strict prefix "
+                     f"{fz['strict_prefix']} (lost {fz['prefix_lost']}, gained {fz['prefix_gained']}), "
+                     f"other {fz['other']}")
+    return lines

@@ -1,0 +1,42 @@
+"""diagnostics on hand-made run records (the Stop-pair reasons are checked against rollouts in test_rollouts)."""
+from __future__ import annotations
+
+from flowcore import diagnostics
+
+
+def rec(pid, correct, end="eos", completion=""):
+    return {"problem_id": pid, "correct": correct, "end_reason": end, "completion": completion}
+
+
+def test_flow_vs_zero_shot_tells_identical_prefix_and_other_text():
+    zero = {"a": rec("a", True, completion="x = 2, so 2."), "b": rec("b", True, completion="x = 2, so 2."),
+            "c": rec("c", False, completion="so 5"), "d": rec("d", False, completion="so 5"),
+            "e": rec("e", True, completion="7")}
+    flow = {"a": rec("a", True, completion="x = 2, so 2."),  # identical
+            "b": rec("b", False, "stop", "x = 2,"),  # cut short: a lost answer
+            "c": rec("c", True, "stop", "so"),  # a prefix graded right (gold hand-set): a gained one
+            "d": rec("d", True, completion="so 4"),  # other text
+            "z": rec("z", True)}  # no zero-shot record: not compared
+    assert diagnostics.flow_vs_zero_shot(flow, zero) == {"n": 4, "identical": 1, "strict_prefix": 2, "other": 1,
+                                                         "prefix_lost": 1, "prefix_gained": 1}
+
+
+def test_trained_vs_untrained_counts_wins_losses_and_early_stops():
+    progress = [rec("a", True), rec("b", True), rec("c", False), rec("d", True), rec("e", False), rec("f", True)]
+    untrained = {"a": rec("a", False, "stop"), "b": rec("b", False), "c": rec("c", True), "d": rec("d", True, "stop"),
+                 "e": rec("e", True, "stop")}
+    assert diagnostics.trained_vs_untrained(progress, untrained) == {
+        "n": 5, "wins": 2, "wins_where_untrained_stopped": 1, "losses": 2, "losses_where_untrained_stopped": 1}
+
+
+def test_diagnostics_count_only_examples_after_the_first_step():
+    progress = [rec("a", False, "stop"), rec("b", True), rec("c", True, "max_steps")]
+    flow = [rec("a", False, "stop", "x"), rec("b", False, "stop", "y"), rec("c", True, "eos", "z")]
+    zero = [rec("a", True, completion="x1"), rec("b", True, completion="y1"), rec("c", True, completion="z")]
+    pairs = [{"role": "answer", "chosen_text": "t", "reason": "rollout ..."}]
+    d = diagnostics.diagnostics(progress, pairs, flow, zero, after=1)
+    assert d["end_reasons"] == {"trained flow": {"eos": 1, "max_steps": 1}, "untrained flow": {"eos": 1, "stop": 1}}
+    assert (d["trained_vs_untrained"]["wins"], d["trained_vs_untrained"]["wins_where_untrained_stopped"]) == (1, 1)
+    assert d["untrained_flow_vs_zero_shot"]["strict_prefix"] == 2  # all of the baseline files, not only `after`
+    assert d["stop_pairs"] == {"chosen_yes": 0, "chosen_no": 0, "chosen_no_as_stopping_gave_no_answer": 0}
+    assert diagnostics.describe(d)[0].startswith("  Stop pairs: chosen Yes 0")
