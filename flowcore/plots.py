@@ -40,21 +40,19 @@ def progressive_curve(correct_in_order: list[bool]) -> list[float]:
     return out
 
 
-def run_curves(run_dir: str | Path) -> dict[str, list[bool]]:
-    """Correctness per example in the run's order for each curve. A baseline not started yet is an empty
-    curve; a missing ``progress.jsonl`` is a FileNotFoundError that names the command to run."""
-    run = Path(run_dir)
-    config = run_config(run)
-    order = config["example_ids"]
+def run_records(run: Path) -> dict[str, list[dict]]:
+    """Each curve's records (a baseline not started yet: none); a missing ``progress.jsonl`` is a
+    FileNotFoundError that names the command to run."""
+    if not (run / CURVES[0][1]).is_file():
+        raise FileNotFoundError(f"{run / CURVES[0][1]} not found: run `python -m flowcore train ... --out {run} --resume` first")
+    return {name: read_jsonl(run / file) for name, file in CURVES}
+
+
+def curves_in_order(records: dict[str, list[dict]], order: list[str]) -> dict[str, list[bool]]:
+    """Correctness per example in the run's order for each curve: the longest prefix of the order it has."""
     curves = {}
-    for name, file in CURVES:
-        path = run / file
-        if not path.is_file():
-            if file != "progress.jsonl":
-                curves[name] = []
-                continue
-            raise FileNotFoundError(f"{path} not found: run `python -m flowcore train ... --out {run} --resume` first")
-        by_id = {r["problem_id"]: bool(r["correct"]) for r in read_jsonl(path)}
+    for name, recs in records.items():
+        by_id = {r["problem_id"]: bool(r["correct"]) for r in recs}
         seq = []
         for pid in order:
             if pid not in by_id:
@@ -62,6 +60,13 @@ def run_curves(run_dir: str | Path) -> dict[str, list[bool]]:
             seq.append(by_id[pid])
         curves[name] = seq
     return curves
+
+
+def run_curves(run_dir: str | Path) -> dict[str, list[bool]]:
+    """Correctness per example in the run's order for each curve (see ``run_records``)."""
+    run = Path(run_dir)
+    order = run_config(run)["example_ids"]
+    return curves_in_order(run_records(run), order)
 
 
 def rounds(progress: list[dict], untrained: list[bool], size: int) -> list[dict]:
@@ -82,18 +87,20 @@ def rounds(progress: list[dict], untrained: list[bool], size: int) -> list[dict]
 def run_summary(run_dir: str | Path) -> dict:
     """The run's numbers, from its files: accuracies, paired differences vs the baselines, pairs, steps, time."""
     run = Path(run_dir)
-    curves = run_curves(run)
-    settings = run_config(run)["settings"]
-    progress = read_jsonl(run / "progress.jsonl")
+    config = run_config(run)
+    records = run_records(run)
+    curves = curves_in_order(records, config["example_ids"])
+    settings = config["settings"]
+    progress = records[CURVES[0][0]]
     online = curves[CURVES[0][0]]
     steps = [s for p in progress for s in p["losses"]]
     # the steps after a round are logged on its last example: later examples were predicted by updated adapters
     first = next((p["index"] for p in progress if p["losses"]), None)
     n = len(progress)
+    after = first + 1 if first is not None else n
     comparisons = {}
     for name, seq in list(curves.items())[1:]:
         m = min(len(online), len(seq))
-        after = first + 1 if first is not None else m
         comparisons[name] = {"all": stats.paired_difference(online[:m], seq[:m]),
                              "after_first_step": stats.paired_difference(online[after:m], seq[after:m])}
     answer_pairs = sum(p["n_answer_pairs"] for p in progress)
@@ -107,9 +114,8 @@ def run_summary(run_dir: str | Path) -> dict:
         "dpo_steps": {role: sum(1 for s in steps if s["role"] == role) for role in ("answer", "stop")},
         "seconds_per_example": round(sum(p["seconds"] for p in progress) / n, 1) if n else 0.0,
         "rounds": rounds(progress, curves[CURVES[1][0]], settings["dpo"]["group_size"] * settings["world_size"]),
-        "diagnostics": diagnostics.diagnostics(progress, read_jsonl(run / "pairs.jsonl"),
-                                               read_jsonl(run / FILES["flow"]), read_jsonl(run / FILES["zero-shot"]),
-                                               after=first + 1 if first is not None else n),
+        "diagnostics": diagnostics.diagnostics(progress, read_jsonl(run / "pairs.jsonl"), records[CURVES[1][0]],
+                                               records[CURVES[2][0]], after),
     }
 
 
