@@ -106,8 +106,12 @@ def train_argv(cfg: ReproduceConfig) -> list[str]:
 
 
 class Pipeline:
-    def __init__(self, cfg: ReproduceConfig, command: str, flow_adapters: str | None = None):
+    def __init__(self, cfg: ReproduceConfig, command: str, flow_adapters: str | None = None,
+                 eval_rows: tuple[str, ...] = evaluate.MODELS, eval_sets: tuple[str, ...] | None = None):
         self.cfg, self.command = cfg, command
+        # stage eval's subset: several processes (or machines) can split the evaluation between them
+        self.eval_rows = eval_rows
+        self.eval_sets = [es for es in cfg.eval_sets if eval_sets is None or es.name in eval_sets]
         self.out = Path(cfg.out)
         self.explicit_flow = flow_adapters is not None
         self.flow_adapters = Path(flow_adapters) if flow_adapters else Path(cfg.dpo_run) / "adapters"
@@ -240,7 +244,7 @@ class Pipeline:
     def eval(self) -> None:
         """Each row on each evaluation set (what is already in the files is kept); the base model first."""
         net, tok = self.base()
-        for row in evaluate.MODELS:
+        for row in (r for r in evaluate.MODELS if r in self.eval_rows):
             role = None if row == evaluate.ZERO_SHOT else row
             if role:
                 directory = self.out / "sft" / row
@@ -252,7 +256,7 @@ class Pipeline:
                     from peft import PeftModel
 
                     net = PeftModel.from_pretrained(net, str(directory), adapter_name=row)
-            for es in self.cfg.eval_sets:
+            for es in self.eval_sets:
                 out = self.results_file(self.out / "eval" / row / f"{es.name}.jsonl", row=row,
                                         adapter=str(self.out / "sft" / row) if role else None, eval_set=asdict(es),
                                         flow=asdict(evaluate.single_model_config(self.cfg.flow, role)))
@@ -308,6 +312,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--flow-adapters", default=None,
                    help="use these trained flow adapters (answer/, stop/) instead of the preset's run; "
                         "then stage flow-dpo is skipped")
+    p.add_argument("--rows", default=",".join(evaluate.MODELS),
+                   help="stage eval: comma-separated subset of the table's rows (default: all); two processes "
+                        "with disjoint subsets split the evaluation (at one thread each, on a 2-core CPU)")
+    p.add_argument("--eval-sets", default=None,
+                   help="stage eval: comma-separated subset of the preset's evaluation sets, by name "
+                        "(e.g. gsm8k-test-first100; default: all)")
     args = p.parse_args(argv)
     cfg = PRESETS[args.preset]()
     if args.model:  # another model trains its own flow
@@ -315,14 +325,18 @@ def main(argv: list[str]) -> int:
     if args.out:
         cfg.out = args.out
     stages = STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(","))
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        print(f"error: unknown stage(s) {unknown}; choose from {', '.join(STAGES)}", file=sys.stderr)
-        return 2
+    rows = tuple(r.strip() for r in args.rows.split(","))
+    sets = None if args.eval_sets is None else tuple(s.strip() for s in args.eval_sets.split(","))
+    for what, given, known in (("stage", stages, STAGES), ("row", rows, evaluate.MODELS),
+                               ("evaluation set", sets or (), [es.name for es in cfg.eval_sets])):
+        unknown = [x for x in given if x not in known]
+        if unknown:
+            print(f"error: unknown {what}(s) {unknown}; choose from {', '.join(known)}", file=sys.stderr)
+            return 2
     if args.flow_adapters:
         stages = tuple(s for s in stages if s != "flow-dpo")
     try:
-        Pipeline(cfg, results.cli_command("reproduce", argv), args.flow_adapters).run(stages)
+        Pipeline(cfg, results.cli_command("reproduce", argv), args.flow_adapters, rows, sets).run(stages)
     except (ReproduceError, data.DataError, models.ModelError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

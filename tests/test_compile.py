@@ -163,8 +163,13 @@ def test_tiny_pipeline_end_to_end(tmp_path, one_thread, capsys):
         compile=CompileConfig(batch_size=4, micro_batch=2, epochs=1, lora_r=4, lora_alpha=4),
     )
     pipe = reproduce.Pipeline(cfg, "python -m flowcore reproduce --preset test")
-    pipe.run()
+    pipe.run(reproduce.STAGES[:-2])
     out = tmp_path / "results"
+    # stage eval split between two processes: each writes only its rows and sets; the full run fills in the rest
+    reproduce.Pipeline(cfg, "x", eval_rows=("zero_shot", "flow_generated"), eval_sets=("gsm8k-problems-first4",)).eval()
+    made = sorted(str(p.relative_to(out / "eval")) for p in (out / "eval").rglob("*.jsonl"))
+    assert made == ["flow_generated/gsm8k-problems-first4.jsonl", "zero_shot/gsm8k-problems-first4.jsonl"]
+    pipe.run(("eval", "table"))
     selection = json.loads((out / "sft_data" / "selection.json").read_text())
     n = selection["traces_per_source"]
     assert n > 0 and selection["rule"] == traces.SELECTION_RULE
@@ -196,9 +201,13 @@ def test_tiny_pipeline_end_to_end(tmp_path, one_thread, capsys):
         reproduce.Pipeline(cfg, "x").run()
 
 
-def test_reproduce_cli_rejects_unknown_stage(capsys):
+def test_reproduce_cli_rejects_unknown_stage_row_or_set(capsys):
     assert reproduce.main(["--preset", "cpu", "--stages", "traces,bogus"]) == 2
     assert "bogus" in capsys.readouterr().err
+    assert reproduce.main(["--preset", "cpu", "--stages", "eval", "--rows", "zero_shot,sft_bogus"]) == 2
+    assert "unknown row(s) ['sft_bogus']" in capsys.readouterr().err
+    assert reproduce.main(["--preset", "cpu", "--stages", "eval", "--eval-sets", "gsm8k-test"]) == 2
+    assert "gsm8k-test-first100" in capsys.readouterr().err
 
 
 def test_traces_refuse_an_unfinished_online_dpo_run(tmp_path, one_thread):
