@@ -95,6 +95,17 @@ def save(peft_model, directory: str | Path, roles=ROLES, dtype: str | None = Non
             path = directory / role / "adapter_model.safetensors"
             save_file({k: v.to(getattr(torch, dtype)) for k, v in load_file(path).items()}, path,
                       metadata={"format": "pt"})
+    base = getattr(peft_model.peft_config[roles[0]], "base_model_name_or_path", None)
+    (directory / "README.md").write_text(card(roles, base, dtype))  # in place of peft's model-card template
+
+
+def card(roles, base: str | None, dtype: str | None) -> str:
+    """The adapters directory's README.md (peft's template is "More Information Needed" throughout)."""
+    return (f"# flowcore LoRA adapters: {', '.join(f'`{r}/`' for r in roles)}\n\n"
+            f"peft adapters on base model `{base}`, weights stored in {dtype or 'the model dtype'}. "
+            "Who made them (command, settings, seed, date) is recorded in the files beside this directory "
+            "(`config.json` of a training run).\n\n"
+            "    python -m flowcore generate --adapters THIS_DIR ...\n")
 
 
 def has_adapter(model, role: str) -> bool:

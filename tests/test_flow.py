@@ -230,6 +230,8 @@ def test_two_adapters_share_one_base(tiny, tmp_path):
     adapters.save(peft_model, tmp_path / "ad")
     assert (tmp_path / "ad" / "answer" / "adapter_config.json").is_file()
     assert (tmp_path / "ad" / "stop" / "adapter_config.json").is_file()
+    card = (tmp_path / "ad" / "README.md").read_text()
+    assert "`answer/`, `stop/`" in card and "More Information Needed" not in card
     from conftest import build_tiny_model
 
     reloaded = adapters.load(build_tiny_model(tok), tmp_path / "ad")
