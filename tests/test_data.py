@@ -15,6 +15,15 @@ def test_shipped_files_load(dataset, split, n):
     assert all(p.question and p.gold and p.solution for p in problems)
 
 
+@pytest.mark.parametrize("dataset,train,test", [("gsm8k", "train", "test"), ("math", "train", "test500")])
+def test_train_and_test_splits_share_no_problem(dataset, train, test):
+    """Traces and online DPO use the train split; evaluation the test split (MATH's train ids say test/...:
+    PRM800K trains on MATH's own test problems outside MATH500)."""
+    a, b = data.load(dataset, train), data.load(dataset, test)
+    assert not {p.id for p in a} & {p.id for p in b}
+    assert not {p.question for p in a} & {p.question for p in b}
+
+
 def test_gsm8k_fields():
     p = data.load("gsm8k", "test", limit=1)[0]
     assert p.id == "gsm8k/test/0" and p.gold == "18" and p.dataset == "gsm8k"
