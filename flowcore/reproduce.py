@@ -107,8 +107,12 @@ def train_argv(cfg: ReproduceConfig) -> list[str]:
 
 class Pipeline:
     def __init__(self, cfg: ReproduceConfig, command: str, flow_adapters: str | None = None,
-                 eval_rows: tuple[str, ...] = evaluate.MODELS, eval_sets: tuple[str, ...] | None = None):
+                 eval_rows: tuple[str, ...] = evaluate.MODELS, eval_sets: tuple[str, ...] | None = None,
+                 dtype: str = "auto"):
         self.cfg, self.command = cfg, command
+        # a run-time choice like the thread count (recorded in each file's ``runtime``, not in the settings):
+        # "auto" is bf16 on AVX512-BF16/AMX CPUs and fp32 elsewhere, so pin it to extend a run on another machine
+        self.dtype = dtype
         # stage eval's subset: several processes (or machines) can split the evaluation between them
         self.eval_rows = eval_rows
         self.eval_sets = [es for es in cfg.eval_sets if eval_sets is None or es.name in eval_sets]
@@ -134,7 +138,7 @@ class Pipeline:
 
     def base(self):
         """(model, tokenizer): the base model, loaded fresh (each stage attaches its own adapters)."""
-        return models.load(self.cfg.model)
+        return models.load(self.cfg.model, self.dtype)
 
     def prompts(self) -> list[data.Problem]:
         from .train import example_order, load_problems
@@ -147,6 +151,16 @@ class Pipeline:
 
     def results_file(self, path: Path, **settings) -> results.ResultsFile:
         return results.ResultsFile(path, {"model": self.cfg.model, **settings}, self.command)
+
+    @staticmethod
+    def _note_runtime(out: results.ResultsFile, net) -> None:
+        """Record dtype/threads/versions; refuse to continue a file in another dtype (its records would mix)."""
+        info = results.runtime(net)
+        old = out.meta.get("runtime", {}).get("dtype")
+        if out.records and old and old != info["dtype"]:
+            raise ReproduceError(f"{out.path} was started in {old}, this process runs {info['dtype']}: "
+                                 f"pass --dtype {old.removeprefix('torch.')}")
+        out.note("runtime", info)
 
     # ------------------------------------------------------------ stages
 
@@ -193,6 +207,7 @@ class Pipeline:
     def _collect(self, net, tok, problems, source: str, cfg: FlowConfig, flow_adapters: str | None) -> None:
         out = self.results_file(self.out / "traces" / f"{source}.jsonl", source=source, samples=self.cfg.samples,
                                 flow=asdict(cfg), flow_adapters=flow_adapters)
+        self._note_runtime(out, net)
         records = traces.collect(FlowEngine(net, tok, cfg), problems, self.cfg.samples, out, desc=source)
         n_ok = len(traces.solved_prompts(records))
         out.finish({"samples": len(records), "correct_samples": sum(r["correct"] for r in records),
@@ -260,6 +275,7 @@ class Pipeline:
                 out = self.results_file(self.out / "eval" / row / f"{es.name}.jsonl", row=row,
                                         adapter=str(self.out / "sft" / row) if role else None, eval_set=asdict(es),
                                         flow=asdict(evaluate.single_model_config(self.cfg.flow, role)))
+                self._note_runtime(out, net)
                 recs = evaluate.evaluate(net, tok, role, es.problems(), out, self.cfg.flow, desc=f"{row} {es.name}")
                 out.finish(evaluate.cell(recs))
                 print(f"[eval] {evaluate.LABELS[row]} on {es.name}: {evaluate.pct(evaluate.cell(recs))}")
@@ -318,6 +334,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--eval-sets", default=None,
                    help="stage eval: comma-separated subset of the preset's evaluation sets, by name "
                         "(e.g. gsm8k-test-first100; default: all)")
+    p.add_argument("--dtype", choices=list(models.DTYPES), default="auto",
+                   help="model dtype (default auto: bf16 where the CPU/GPU has fast bf16, else fp32); recorded in "
+                        "each results file's runtime block. Pin it when resuming a run on a different machine")
     args = p.parse_args(argv)
     cfg = PRESETS[args.preset]()
     if args.model:  # another model trains its own flow
@@ -336,7 +355,8 @@ def main(argv: list[str]) -> int:
     if args.flow_adapters:
         stages = tuple(s for s in stages if s != "flow-dpo")
     try:
-        Pipeline(cfg, results.cli_command("reproduce", argv), args.flow_adapters, rows, sets).run(stages)
+        Pipeline(cfg, results.cli_command("reproduce", argv), args.flow_adapters, rows, sets,
+                 args.dtype).run(stages)
     except (ReproduceError, data.DataError, models.ModelError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

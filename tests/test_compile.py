@@ -162,13 +162,20 @@ def test_tiny_pipeline_end_to_end(tmp_path, one_thread, capsys):
         eval_sets=[EvalSet("gsm8k", "custom", 8, data_file=problems), EvalSet("gsm8k", "custom", 4, data_file=problems)],
         compile=CompileConfig(batch_size=4, micro_batch=2, epochs=1, lora_r=4, lora_alpha=4),
     )
-    pipe = reproduce.Pipeline(cfg, "python -m flowcore reproduce --preset test")
+    pipe = reproduce.Pipeline(cfg, "python -m flowcore reproduce --preset test", dtype="float32")
     pipe.run(reproduce.STAGES[:-2])
     out = tmp_path / "results"
     # stage eval split between two processes: each writes only its rows and sets; the full run fills in the rest
-    reproduce.Pipeline(cfg, "x", eval_rows=("zero_shot", "flow_generated"), eval_sets=("gsm8k-problems-first4",)).eval()
+    reproduce.Pipeline(cfg, "x", eval_rows=("zero_shot", "flow_generated"), eval_sets=("gsm8k-problems-first4",),
+                       dtype="float32").eval()
     made = sorted(str(p.relative_to(out / "eval")) for p in (out / "eval").rglob("*.jsonl"))
     assert made == ["flow_generated/gsm8k-problems-first4.jsonl", "zero_shot/gsm8k-problems-first4.jsonl"]
+    meta = json.loads((out / "eval" / "zero_shot" / "gsm8k-problems-first4.meta.json").read_text())
+    assert meta["runtime"]["dtype"] == "torch.float32" and meta["runtime"]["threads"] == 1
+    # a file started in one dtype is not continued in another (its records would mix two models' numerics)
+    with pytest.raises(reproduce.ReproduceError, match="started in torch.float32.*--dtype float32"):
+        reproduce.Pipeline(cfg, "x", eval_rows=("zero_shot",), eval_sets=("gsm8k-problems-first4",),
+                           dtype="bfloat16").eval()
     pipe.run(("eval", "table"))
     selection = json.loads((out / "sft_data" / "selection.json").read_text())
     n = selection["traces_per_source"]
