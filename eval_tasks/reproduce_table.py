@@ -2,6 +2,7 @@
 
     python eval_tasks/reproduce_table.py                       # full test sets, default model
     python eval_tasks/reproduce_table.py --limit 50            # first 50 problems of each task
+    python eval_tasks/reproduce_table.py --limit 50 --rows zero_shot,ground_truth --out T.json  # some rows
 
 Rows (the compile issue's table): 0-shot base; SFT on ground-truth, self-generated
 and flow-generated traces, read from ``--sft-dir`` (default ``results/cpu/sft``:
@@ -12,11 +13,16 @@ missing adapter is reported with the command that makes it, the other rows
 still run, and the exit status is 3.
 
 Prints a markdown table (accuracy +- stderr, the rate of answers with an
-extractable final answer, n) and, with ``--out``, writes it as JSON.
+extractable final answer, n) and, with ``--out``, writes it as JSON after each
+row. ``--out`` also makes the run resumable and splittable: rows already in the
+file (made with the same settings) are kept, not rerun, so a killed run
+continues where it stopped, and two processes with disjoint ``--rows`` can fill
+one file (on a 2-core CPU, one thread each).
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
 import time
@@ -34,6 +40,27 @@ ROWS = [  # (label, sub-directory of --sft-dir; None = the base model)
     ("SFT self-generated", "self_generated"),
     ("SFT flow-generated", "flow_generated"),
 ]
+KEYS = [sub or "zero_shot" for _, sub in ROWS]  # --rows names (the same as `reproduce --rows`)
+
+
+def settings(args, tasks: list[str]) -> dict:
+    """What a row's numbers depend on; rows kept from --out must have been made with the same."""
+    return {"model": args.model, "sft_dir": args.sft_dir, "dtype": args.dtype, "limit": args.limit,
+            "tasks": tasks, "max_gen_toks": args.max_gen_toks}
+
+
+def save_row(out: Path, head: dict, row: dict) -> list[dict]:
+    """Add ``row`` to the JSON table at ``out`` (under a lock: another process may be writing its rows)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(out.suffix + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = {r["label"]: r for r in (json.loads(out.read_text())["rows"] if out.is_file() else [])}
+        rows[row["label"]] = row
+        ordered = [rows[label] for label, _ in ROWS if label in rows]
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(json.dumps({**head, "rows": ordered}, indent=2))
+        tmp.replace(out)
+    return ordered
 
 
 def adapter_problem(path: Path) -> str | None:
@@ -97,8 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs / AVX512-BF16 CPUs, else float32), float32, bfloat16")
     p.add_argument("--device", default=None, help="cuda, cuda:0, cpu (default: cuda if available, else cpu)")
     p.add_argument("--max-gen-toks", type=int, default=None, help="override the tasks' 960-token budget")
-    p.add_argument("--out", default=None, help="also write the table as JSON here")
+    p.add_argument("--rows", default=",".join(KEYS), help=f"comma-separated subset of {','.join(KEYS)} (default: all)")
+    p.add_argument("--out", default=None,
+                   help="also write the table as JSON here, row by row; rows already in it are kept (resume)")
     args = p.parse_args(argv)
+    chosen = [r.strip() for r in args.rows.split(",") if r.strip()]
+    if not chosen or any(r not in KEYS for r in chosen):
+        print(f"error: --rows takes a subset of {', '.join(KEYS)}, not {args.rows!r}", file=sys.stderr)
+        return 2
 
     if args.dtype == "auto":
         args.dtype = str(models.fast_dtype()).removeprefix("torch.")
@@ -121,28 +154,48 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
 
+    head = settings(args, tasks)
+    command = " ".join(["python", "eval_tasks/reproduce_table.py", *(sys.argv[1:] if argv is None else argv)])
+    out = Path(args.out) if args.out else None
+    done = {}
+    if out is not None and out.is_file():
+        old = json.loads(out.read_text())
+        made_with = {k: old.get(k) for k in settings(args, tasks)}
+        if made_with != settings(args, tasks):
+            print(f"error: {out} was made with other settings ({made_with}); use another --out", file=sys.stderr)
+            return 1
+        done = {r["label"]: r for r in old["rows"] if "scores" in r}
+
     sft_dir = Path(args.sft_dir)
     rows, missing = [], []
-    for label, sub in ROWS:
+    for (label, sub), key in zip(ROWS, KEYS):
+        if key not in chosen:
+            continue
+        if label in done:
+            print(f"[reproduce_table] {label}: kept from {out}", file=sys.stderr)
+            rows.append(done[label])
+            continue
         adapter = sft_dir / sub if sub else None
         problem = adapter_problem(adapter) if adapter else None
         if problem:
             missing.append(problem)
-            rows.append({"label": label, "adapter": str(adapter), "missing": problem})
-            continue
-        print(f"[reproduce_table] {label}: {model_dir}" + (f" + {adapter}" if adapter else ""), file=sys.stderr)
-        t0 = time.time()
-        scores = evaluate_row(model_dir, adapter, tasks, args, task_manager)
-        rows.append({"label": label, "adapter": str(adapter) if adapter else None, "scores": scores,
-                     "seconds": round(time.time() - t0, 1)})
+            row = {"label": label, "adapter": str(adapter), "missing": problem}
+        else:
+            print(f"[reproduce_table] {label}: {model_dir}" + (f" + {adapter}" if adapter else ""), file=sys.stderr)
+            t0 = time.time()
+            scores = evaluate_row(model_dir, adapter, tasks, args, task_manager)
+            row = {"label": label, "adapter": str(adapter) if adapter else None, "scores": scores,
+                   "seconds": round(time.time() - t0, 1), "command": command,
+                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        rows.append(row)
+        if out is not None:
+            save_row(out, head, row)
+    if out is not None and out.is_file():  # the whole file: rows another process added too
+        rows = json.loads(out.read_text())["rows"]
 
     print(f"\nlm-eval, {args.model}, {args.dtype}, greedy, limit={args.limit or 'all'}; "
           "accuracy % ± stderr (flowcore.grading)\n")
     print(table(rows, tasks))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"model": args.model, "dtype": args.dtype, "limit": args.limit,
-                                              "tasks": tasks, "rows": rows}, indent=2))
     if missing:
         print("\nmissing SFT adapters:\n  " + "\n  ".join(missing) + f"\nmake them with: {MAKE_ADAPTERS}",
               file=sys.stderr)

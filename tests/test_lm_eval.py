@@ -303,7 +303,7 @@ def test_cli_runs_flow_model_from_any_directory(memorised, tmp_path):
 # ---------------------------------------------------------------- the table script
 
 
-def test_reproduce_table_with_real_lora_adapters(memorised, tmp_path, capsys):
+def test_reproduce_table_with_real_lora_adapters(memorised, tmp_path, capsys, monkeypatch):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -319,10 +319,25 @@ def test_reproduce_table_with_real_lora_adapters(memorised, tmp_path, capsys):
         peft_model.save_pretrained(sft / name)
     (sft / "flow_generated").mkdir()  # exists but holds no adapter
     out = tmp_path / "table.json"
-    rc = reproduce_table.main(["--model", memorised, "--sft-dir", str(sft), "--limit", "2", "--batch-size", "2",
-                               "--dtype", "float32", "--max-gen-toks", "8", "--out", str(out)])
+    argv = ["--model", memorised, "--sft-dir", str(sft), "--limit", "2", "--batch-size", "2",
+            "--dtype", "float32", "--max-gen-toks", "8", "--out", str(out)]
+    # split between two runs by --rows (as two processes would): each adds its rows to the one file
+    assert reproduce_table.main(argv + ["--rows", "zero_shot,flow_generated"]) == 3
+    assert [r["label"] for r in json.loads(out.read_text())["rows"]] == ["0-shot base", "SFT flow-generated"]
+    capsys.readouterr()
+    rc = reproduce_table.main(argv + ["--rows", "ground_truth,self_generated"])
+    text = capsys.readouterr()
+    assert rc == 0
+    assert "| 0-shot base | 50.0 ± 50.0" in text.out  # the other run's row is in the printed table too
+    # a rerun keeps the finished rows (resume): nothing is evaluated again; other settings are refused
+    monkeypatch.setattr(reproduce_table, "evaluate_row", lambda *a: pytest.fail("a finished row was rerun"))
+    rc = reproduce_table.main(argv)
     text = capsys.readouterr()
     assert rc == 3
+    assert text.err.count("kept from") == 3
+    assert reproduce_table.main([*argv[:5], "3", *argv[6:]]) == 1
+    assert "other settings" in capsys.readouterr().err
+    assert reproduce_table.main(argv + ["--rows", "zero_shot,bogus"]) == 2
     assert "python -m flowcore reproduce --preset cpu" in text.err and "flow_generated" in text.err
     table = json.loads(out.read_text())
     assert [r["label"] for r in table["rows"]] == [label for label, _ in reproduce_table.ROWS]
