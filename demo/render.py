@@ -5,7 +5,7 @@ import html
 import json
 from pathlib import Path
 
-from flowcore.evaluate import PAPER_TABLE1, markdown_table
+from flowcore.evaluate import PAPER_TABLE1, comparisons_table, markdown_table
 
 from .services import REPRODUCE_CMD, Answer, FlowView
 
@@ -173,6 +173,18 @@ def paper_table() -> str:
             + markdown_table(PAPER_TABLE1))
 
 
+def _table_extras(obj: dict) -> list[str]:
+    """The paired tests and the provenance line of a ``reproduce`` table.json (absent keys: nothing)."""
+    parts = []
+    if obj.get("comparisons"):
+        parts.append("Paired tests (exact McNemar, same problems):\n\n" + comparisons_table(obj["comparisons"]))
+    if obj.get("command"):
+        model = (obj.get("settings") or {}).get("model", "?")
+        parts.append(f"Made by `{obj['command']}` on {obj.get('started', '?')}, model `{model}`, "
+                     f"git {str(obj.get('git_commit') or '?')[:10]}.")
+    return parts
+
+
 def results_tables(tables: list[tuple[Path, object]], results_root: str) -> str:
     if not tables:
         return (f"**Ours: no results yet.** No `{results_root}/*/table.json` exists. "
@@ -186,6 +198,8 @@ def results_tables(tables: list[tuple[Path, object]], results_root: str) -> str:
         rows = _table_rows(obj)
         if rows:
             parts.append(markdown_table(rows))
+            if isinstance(obj, dict):
+                parts += _table_extras(obj)
         elif (path.parent / "table.md").is_file():
             parts.append((path.parent / "table.md").read_text())
         else:

@@ -128,15 +128,18 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def comparisons_table(comparisons: list[dict]) -> str:
+    return markdown_table([{"data": c["data"], "comparison": f"{c['a']} vs {c['b']}",
+                            "only A right": c["a_only_correct"], "only B right": c["b_only_correct"],
+                            "p": f"{c['p_value']:.3g}"} for c in comparisons])
+
+
 def markdown(tab: dict) -> str:
     """table.md: ours (accuracy % [95% CI]), the paired tests, the paper's Table 1."""
     parts = ["**Ours**: accuracy % [95% Wilson interval]; the paper's Table 1 beside (other, larger models)",
              markdown_table(tab["rows"])]
     if tab["comparisons"]:
-        parts += ["**Paired (exact McNemar) tests on the same problems**",
-                  markdown_table([{"data": c["data"], "comparison": f"{c['a']} vs {c['b']}",
-                       "only A right": c["a_only_correct"], "only B right": c["b_only_correct"],
-                       "p": f"{c['p_value']:.3g}"} for c in tab["comparisons"]])]
+        parts += ["**Paired (exact McNemar) tests on the same problems**", comparisons_table(tab["comparisons"])]
     parts += ["**Paper, Table 1** (accuracy %, other models)", markdown_table(tab["paper"])]
     return "\n\n".join(parts) + "\n"
 

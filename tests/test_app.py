@@ -229,3 +229,17 @@ def test_app_flags(monkeypatch):
     args = app.parse_args(["--port", "7999", "--host", "0.0.0.0"])
     assert (args.model, args.port, args.host) == ("smollm2-135m-instruct", 7999, "0.0.0.0")
     assert app.parse_args(["--model", "tiny-dir"]).model == "tiny-dir"
+
+
+def test_results_table_shows_the_paired_tests_and_what_made_it(tmp_path):
+    from demo import render
+
+    tab = {"command": "python -m flowcore reproduce --preset cpu", "started": "2026-11-25T08:18:29+0000",
+           "settings": {"model": "m-0.5b"}, "git_commit": "abcdef1234567",
+           "rows": [{"model": "0-shot", "set-a": "29.0 [21.0-38.5]"}],
+           "comparisons": [{"data": "set-a", "a": "SFT Flow-generated", "b": "0-shot", "a_only_correct": 4,
+                            "b_only_correct": 12, "p_value": 0.0768}]}
+    text = render.results_tables([(tmp_path / "cpu" / "table.json", tab)], str(tmp_path))
+    assert "| 0-shot | 29.0 [21.0-38.5] |" in text
+    assert "| set-a | SFT Flow-generated vs 0-shot | 4 | 12 | 0.0768 |" in text
+    assert "Made by `python -m flowcore reproduce --preset cpu` on 2026-11-25T08:18:29+0000, model `m-0.5b`" in text
