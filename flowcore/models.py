@@ -234,12 +234,22 @@ def resolve(model: str) -> str:
 
 # ---------------------------------------------------------------- loading
 
+DTYPE_ENV = "FLOWCORE_DTYPE"
+
+
 def fast_dtype() -> torch.dtype:
     """bf16 where the hardware computes it natively (GPU; CPU with AVX512-BF16 or AMX), else fp32.
 
     On a CPU without those instructions (e.g. AVX2-only) bf16 matmuls fall back
     to a slow path: measured 1 GFLOP/s vs 178 GFLOP/s for fp32 on a 2-core EPYC.
+    ``$FLOWCORE_DTYPE`` (float32, bfloat16, float16) overrides the choice, for
+    every command at once (the tests pin float32 so they behave alike on every CPU).
     """
+    pinned = os.environ.get(DTYPE_ENV, "auto")
+    if pinned != "auto":
+        if DTYPES.get(pinned) is None:
+            raise ModelError(f"${DTYPE_ENV}={pinned!r}: choose one of {', '.join(DTYPES)}")
+        return DTYPES[pinned]
     if torch.cuda.is_available():
         return torch.bfloat16
     try:

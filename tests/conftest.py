@@ -19,6 +19,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# dtype "auto" is bf16 on CPUs with AVX512-BF16 and fp32 elsewhere; the tiny models' taught behaviour (and the
+# exact numbers some tests compare) hold in fp32, so every test and subprocess runs fp32 on every machine
+os.environ.setdefault("FLOWCORE_DTYPE", "float32")
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from flowcore import models
 from flowcore.data import Problem
@@ -51,10 +52,19 @@ def test_unknown_model_name_and_bad_path_are_clear_errors(tmp_path):
         models.load(str(bad))
 
 
-def test_fast_dtype_is_a_float_type():
-    import torch
-
+def test_fast_dtype_is_a_float_type(monkeypatch):
+    monkeypatch.delenv("FLOWCORE_DTYPE")  # auto: by the hardware
     assert models.fast_dtype() in (torch.float32, torch.bfloat16)
+
+
+def test_flowcore_dtype_pins_the_choice(monkeypatch):
+    monkeypatch.setenv("FLOWCORE_DTYPE", "bfloat16")
+    assert models.fast_dtype() == torch.bfloat16
+    monkeypatch.setenv("FLOWCORE_DTYPE", "float32")
+    assert models.fast_dtype() == torch.float32
+    monkeypatch.setenv("FLOWCORE_DTYPE", "fp8")
+    with pytest.raises(models.ModelError, match="FLOWCORE_DTYPE='fp8'.*float32"):
+        models.fast_dtype()
 
 
 @pytest.mark.integration

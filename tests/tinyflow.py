@@ -21,8 +21,16 @@ ANSWER = "Step 1: add 3 and 4 to get 7. The final answer is \\boxed{%s}."
 QUESTIONS = [f"Janet has {a} eggs and eats {b}. How many are left?" for a in range(3, 9) for b in range(1, 3)]
 
 
-def teach(model, tok, steps: int = 40, seed: int = 0):
-    """Fit the model to: Answer prompt -> ANSWER % ("1" or "2") + end-of-turn (fp32, Adam)."""
+TAUGHT_LOSS = 0.04  # the floor is ln 2 / 23 = 0.030: the digit is a coin flip, the other 22 tokens are certain
+
+
+def teach(model, tok, max_steps: int = 300, seed: int = 0):
+    """Fit the model to: Answer prompt -> ANSWER % ("1" or "2") + end-of-turn (fp32, Adam).
+
+    It trains to a loss near the floor, not for a fixed number of steps: the path
+    there differs between CPUs (AVX2 and AVX512 kernels round differently), and
+    40 fixed steps left some machines' model unable to finish the answer.
+    """
     torch.manual_seed(seed)
     seqs = []
     for q in QUESTIONS:
@@ -39,11 +47,15 @@ def teach(model, tok, steps: int = 40, seed: int = 0):
         mask[i, :len(p) + len(a)] = 1
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(steps):
+    for _ in range(max_steps):
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        if loss.item() < TAUGHT_LOSS:
+            break
         opt.zero_grad()
         loss.backward()
         opt.step()
+    else:
+        raise AssertionError(f"the tiny model did not learn the answer in {max_steps} steps (loss {loss.item():.3f})")
     return model.eval()
 
 
