@@ -49,7 +49,7 @@ def settings(args, tasks: list[str]) -> dict:
             "tasks": tasks, "max_gen_toks": args.max_gen_toks}
 
 
-def save_row(out: Path, head: dict, row: dict) -> list[dict]:
+def save_row(out: Path, head: dict, row: dict) -> None:
     """Add ``row`` to the JSON table at ``out`` (under a lock: another process may be writing its rows)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(out.suffix + ".lock"), "w") as lock:
@@ -60,7 +60,6 @@ def save_row(out: Path, head: dict, row: dict) -> list[dict]:
         tmp = out.with_suffix(out.suffix + ".tmp")
         tmp.write_text(json.dumps({**head, "rows": ordered}, indent=2))
         tmp.replace(out)
-    return ordered
 
 
 def adapter_problem(path: Path) -> str | None:
