@@ -45,8 +45,9 @@ KEYS = [sub or "zero_shot" for _, sub in ROWS]  # --rows names (the same as `rep
 
 def settings(args, tasks: list[str]) -> dict:
     """What a row's numbers depend on; rows kept from --out must have been made with the same."""
-    return {"model": args.model, "sft_dir": args.sft_dir, "dtype": args.dtype, "limit": args.limit,
-            "tasks": tasks, "max_gen_toks": args.max_gen_toks}
+    sft_dir = Path(args.sft_dir).resolve()  # relative to the repository when inside it: the file works in any clone
+    return {"model": args.model, "sft_dir": str(sft_dir.relative_to(ROOT) if sft_dir.is_relative_to(ROOT) else sft_dir),
+            "dtype": args.dtype, "limit": args.limit, "tasks": tasks, "max_gen_toks": args.max_gen_toks}
 
 
 def save_row(out: Path, head: dict, row: dict) -> None:
