@@ -45,9 +45,14 @@ KEYS = [sub or "zero_shot" for _, sub in ROWS]  # --rows names (the same as `rep
 
 def settings(args, tasks: list[str]) -> dict:
     """What a row's numbers depend on; rows kept from --out must have been made with the same."""
-    sft_dir = Path(args.sft_dir).resolve()  # relative to the repository when inside it: the file works in any clone
-    return {"model": args.model, "sft_dir": str(sft_dir.relative_to(ROOT) if sft_dir.is_relative_to(ROOT) else sft_dir),
-            "dtype": args.dtype, "limit": args.limit, "tasks": tasks, "max_gen_toks": args.max_gen_toks}
+    return {"model": args.model, "sft_dir": shown(args.sft_dir), "dtype": args.dtype, "limit": args.limit,
+            "tasks": tasks, "max_gen_toks": args.max_gen_toks}
+
+
+def shown(path) -> str:
+    """``path`` as the --out file records it: relative to the repository when inside it (works in any clone)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
 def save_row(out: Path, head: dict, row: dict) -> None:
@@ -179,12 +184,12 @@ def main(argv: list[str] | None = None) -> int:
         problem = adapter_problem(adapter) if adapter else None
         if problem:
             missing.append(problem)
-            row = {"label": label, "adapter": str(adapter), "missing": problem}
+            row = {"label": label, "adapter": shown(adapter), "missing": problem}
         else:
             print(f"[reproduce_table] {label}: {model_dir}" + (f" + {adapter}" if adapter else ""), file=sys.stderr)
             t0 = time.time()
             scores = evaluate_row(model_dir, adapter, tasks, args, task_manager)
-            row = {"label": label, "adapter": str(adapter) if adapter else None, "scores": scores,
+            row = {"label": label, "adapter": shown(adapter) if adapter else None, "scores": scores,
                    "seconds": round(time.time() - t0, 1), "command": command,
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         rows.append(row)
