@@ -57,15 +57,14 @@ def shown(path) -> str:
 
 def save_row(out: Path, head: dict, row: dict) -> None:
     """Add ``row`` to the JSON table at ``out`` (under a lock: another process may be writing its rows)."""
+    from flowcore import results
+
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(out.suffix + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         rows = {r["label"]: r for r in (json.loads(out.read_text())["rows"] if out.is_file() else [])}
         rows[row["label"]] = row
-        ordered = [rows[label] for label, _ in ROWS if label in rows]
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps({**head, "rows": ordered}, indent=2))
-        tmp.replace(out)
+        results.write_json_atomic(out, {**head, "rows": [rows[label] for label, _ in ROWS if label in rows]})
 
 
 def adapter_problem(path: Path) -> str | None:
@@ -165,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     done = {}
     if out is not None and out.is_file():
         old = json.loads(out.read_text())
-        made_with = {k: old.get(k) for k in settings(args, tasks)}
-        if made_with != settings(args, tasks):
+        made_with = {k: old.get(k) for k in head}
+        if made_with != head:
             print(f"error: {out} was made with other settings ({made_with}); use another --out", file=sys.stderr)
             return 1
         done = {r["label"]: r for r in old["rows"] if "scores" in r}

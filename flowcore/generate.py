@@ -13,7 +13,7 @@ from dataclasses import asdict, fields
 
 from . import data, models, stats
 from .flow import FlowConfig, FlowEngine, zero_shot_config
-from .results import ResultsFile, cli_command, runtime
+from .results import ResultsFile, cli_command
 
 
 def add_flow_args(p: argparse.ArgumentParser) -> None:
@@ -87,11 +87,11 @@ def main(argv: list[str]) -> int:
                     "split": args.split, "limit": args.limit, "source": args.source, "flow": asdict(cfg)}
         out = ResultsFile(args.out, settings, cli_command("generate", argv), overwrite=args.overwrite)
         net, tok = load_model_with_adapters(args.model, args.adapters, args.dtype)
+        out.note_runtime(net)  # a file started in another dtype is refused
     except (data.DataError, models.ModelError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
-    out.note("runtime", runtime(net))
     engine = FlowEngine(net, tok, cfg)
     solve_into(engine, problems, out, desc=f"{args.mode} {args.dataset}")
 

@@ -154,13 +154,10 @@ class Pipeline:
 
     @staticmethod
     def _note_runtime(out: results.ResultsFile, net) -> None:
-        """Record dtype/threads/versions; refuse to continue a file in another dtype (its records would mix)."""
-        info = results.runtime(net)
-        old = out.meta.get("runtime", {}).get("dtype")
-        if out.records and old and old != info["dtype"]:
-            raise ReproduceError(f"{out.path} was started in {old}, this process runs {info['dtype']}: "
-                                 f"pass --dtype {old.removeprefix('torch.')}")
-        out.note("runtime", info)
+        try:
+            out.note_runtime(net)
+        except ValueError as e:  # a file started in another dtype
+            raise ReproduceError(str(e)) from e
 
     # ------------------------------------------------------------ stages
 

@@ -161,6 +161,15 @@ class ResultsFile:
         self.meta[key] = value
         self._write_meta()
 
+    def note_runtime(self, model) -> None:
+        """Record ``runtime(model)``; refuse to continue a file made in another dtype (its records would mix)."""
+        info = runtime(model)
+        old = self.meta.get("runtime", {}).get("dtype")
+        if self.records and old and old != info["dtype"]:
+            raise ValueError(f"{self.path} was started in {old}, this process runs {info['dtype']}: "
+                             f"pass --dtype {old.removeprefix('torch.')}")
+        self.note("runtime", info)
+
     def finish(self, summary: dict) -> None:
         """Record the summary (with the total ``seconds``); a rerun that wrote nothing leaves a finished file as it was."""
         if len(self.records) == self._opened[0] and "finished" in self.meta:

@@ -73,6 +73,16 @@ def test_other_settings_are_refused_not_mixed(tiny_dir, tmp_path, capsys):
     assert len(read_jsonl(out)) == 5
 
 
+def test_another_dtype_is_refused_not_mixed(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "t.jsonl"
+    assert generate.main(_args(tiny_dir, out, "--dtype", "float32")) == 0
+    assert json.loads(out.with_suffix(".meta.json").read_text())["runtime"]["dtype"] == "torch.float32"
+    before = out.read_text()
+    assert generate.main(_args(tiny_dir, out, "--dtype", "bfloat16")) == 1
+    assert "started in torch.float32, this process runs torch.bfloat16: pass --dtype float32" in capsys.readouterr().err
+    assert out.read_text() == before
+
+
 def test_zero_shot_mode_has_no_stop_decisions(tiny_dir, tmp_path):
     out = tmp_path / "z.jsonl"
     assert generate.main(_args(tiny_dir, out, "--mode", "zero-shot")) == 0
