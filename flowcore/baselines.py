@@ -56,6 +56,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--run", required=True, help="run directory written by `python -m flowcore train`")
     p.add_argument("--which", choices=("both", *FILES), default="both")
     p.add_argument("--batch-size", type=int, default=None, help="flows per generate call (default: the run's)")
+    p.add_argument("--dtype", choices=list(models.DTYPES), default=None,
+                   help="model dtype (default: the one the run trained in, from config.json's runtime block; "
+                        "auto for runs that did not record it)")
     args = p.parse_args(argv)
     run = Path(args.run)
     try:
@@ -65,7 +68,8 @@ def main(argv: list[str]) -> int:
         flow = FlowConfig(**settings["flow"])
         if args.batch_size:
             flow.batch_size = args.batch_size
-        net, tok = models.load(settings["model"])
+        dtype = args.dtype or config.get("runtime", {}).get("dtype", "auto").removeprefix("torch.")
+        net, tok = models.load(settings["model"], dtype)
     except (FileNotFoundError, data.DataError, models.ModelError, KeyError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -75,6 +79,11 @@ def main(argv: list[str]) -> int:
         info = {"model": settings["model"], "mode": mode, "dataset": settings["dataset"], "split": settings["split"],
                 "example_ids": config["example_ids"], "flow": asdict(cfg)}
         out = ResultsFile(run / FILES[mode], info, cli_command("baselines", argv))
+        try:
+            out.note_runtime(net)  # a file started in another dtype is refused
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         solve_into(FlowEngine(net, tok, cfg), problems, out, desc=f"baseline {mode}")
         acc = stats.accuracy([r["correct"] for r in out.records])
         out.finish(acc)

@@ -178,13 +178,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--examples", type=int, required=True, help="number of training examples (seeded sample)")
     p.add_argument("--out", required=True, help="run directory (runs/NAME)")
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out from its checkpoint")
+    p.add_argument("--dtype", choices=list(models.DTYPES), default="auto",
+                   help="model dtype (default auto: bf16 where the CPU/GPU has fast bf16, else fp32); recorded in "
+                        "config.json's runtime block, and --resume refuses another dtype")
     add_flow_args(p)
     add_dpo_args(p)
     return p.parse_args(argv)
 
 
 def prepare_run(args: argparse.Namespace, argv: list[str], problems: list, flow: FlowConfig,
-                dpo: OnlineDPOConfig, world: int) -> Path:
+                dpo: OnlineDPOConfig, world: int, net) -> Path:
     """Create the run directory, or check that --resume matches how it was started."""
     settings = {"model": args.model, "dataset": args.dataset, "split": args.split, "source": args.source,
                 "data_file": args.data_file, "examples": args.examples, "seed": dpo.seed, "world_size": world,
@@ -199,12 +202,16 @@ def prepare_run(args: argparse.Namespace, argv: list[str], problems: list, flow:
             diff = results.settings_diff(old["settings"], settings)
             raise TrainError(f"{run} was started with other settings {diff} (old, new); "
                              "resume with the original arguments or use another --out")
+        old_dtype, dtype = old.get("runtime", {}).get("dtype"), str(net.dtype)
+        if old_dtype and old_dtype != dtype:  # its progress, pairs and adapters would mix two dtypes
+            raise TrainError(f"{run} was started in {old_dtype}, this process runs {dtype}: "
+                             f"resume with --dtype {old_dtype.removeprefix('torch.')}")
     else:
         if config_path.exists() or (run / PROGRESS).exists():
             raise TrainError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
         run.mkdir(parents=True, exist_ok=True)
         config = {**results.provenance(settings, results.cli_command("train", argv)),
-                  "example_ids": [q.id for q in problems]}
+                  "runtime": results.runtime(net), "example_ids": [q.id for q in problems]}
         results.write_json_atomic(config_path, config)
     return run
 
@@ -217,8 +224,8 @@ def main(argv: list[str]) -> int:
         dpo.check()
         problems = example_order(load_problems(args.dataset, args.split, args.source, args.data_file),
                                  args.examples, dpo.seed)
-        run = prepare_run(args, argv, problems, flow, dpo, procs.world) if procs.rank == 0 else Path(args.out)
-        net, tok = models.load(args.model)
+        net, tok = models.load(args.model, args.dtype)
+        run = prepare_run(args, argv, problems, flow, dpo, procs.world, net) if procs.rank == 0 else Path(args.out)
     except (TrainError, data.DataError, models.ModelError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

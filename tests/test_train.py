@@ -59,6 +59,8 @@ def test_kill_and_resume_gives_the_same_run(setup, capsys):
     assert "--resume" in capsys.readouterr().err
     assert train.main(args[1:] + ["--out", str(killed), "--resume", "--lr", "1e-2"]) == 1
     assert "other settings" in capsys.readouterr().err
+    assert train.main(args[1:] + ["--out", str(killed), "--resume", "--dtype", "bfloat16"]) == 1
+    assert "started in torch.float32" in capsys.readouterr().err  # conftest pins float32
     assert len(read_jsonl(killed / "progress.jsonl")) == 3
 
     r = flowcore(*args, "--out", str(killed), "--resume")
@@ -77,6 +79,7 @@ def test_kill_and_resume_gives_the_same_run(setup, capsys):
     config = json.loads((whole / "config.json").read_text())
     assert config["command"].startswith("python -m flowcore train --model")
     assert len(config["example_ids"]) == 6 and config["settings"]["dpo"]["batch_pairs"] == 3
+    assert config["runtime"]["dtype"] == "torch.float32"
 
 
 def free_port() -> int:
@@ -106,7 +109,7 @@ def test_accelerate_two_processes(setup):
     assert any(p["losses"] for p in progress)
 
 
-def test_baselines_and_chart(setup, one_thread):
+def test_baselines_and_chart(setup, one_thread, monkeypatch, capsys):
     model, problems, tmp = setup
     run = tmp / "chart"
     assert train.main(["--model", model, "--data-file", problems, *SETTINGS[:3], "3", *SETTINGS[4:],
@@ -119,6 +122,15 @@ def test_baselines_and_chart(setup, one_thread):
     ids = json.loads((run / "config.json").read_text())["example_ids"]
     for name in ("baseline_flow.jsonl", "baseline_zero_shot.jsonl"):
         assert sorted(t["problem_id"] for t in read_jsonl(run / name)) == sorted(ids)
+        meta = json.loads((run / name.replace(".jsonl", ".meta.json")).read_text())
+        assert meta["runtime"]["dtype"] == "torch.float32"
+    # the baselines run in the dtype the run trained in (config.json), not whatever auto picks now ...
+    monkeypatch.setenv("FLOWCORE_DTYPE", "bfloat16")
+    assert baselines.main(["--run", str(run), "--which", "flow"]) == 0
+    # ... and a file started in one dtype is not continued in another
+    assert baselines.main(["--run", str(run), "--which", "flow", "--dtype", "bfloat16"]) == 1
+    assert "started in torch.float32" in capsys.readouterr().err
+    monkeypatch.setenv("FLOWCORE_DTYPE", "float32")
     fig = plots.progressive_figure(run)
     assert len(fig.data) == 3
     online = [p["correct"] for p in read_jsonl(run / "progress.jsonl")]
