@@ -25,6 +25,7 @@ COMMANDS = {
     "train": (".train", "main"),
     "baselines": (".baselines", "main"),
     "plot": (".plots", "main"),
+    "sweep": (".sweep", "main"),
     "reproduce": (".reproduce", "main"),
     "lm-eval": (".lm_eval_cli", "main"),
 }

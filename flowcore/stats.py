@@ -15,7 +15,11 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def accuracy(correct: list[bool]) -> dict:
-    k, n = sum(bool(c) for c in correct), len(correct)
+    return proportion(sum(bool(c) for c in correct), len(correct))
+
+
+def proportion(k: int, n: int) -> dict:
+    """k of n with its 95% Wilson interval (``accuracy``'s record)."""
     lo, hi = wilson(k, n)
     return {"n": n, "correct": k, "accuracy": k / n if n else 0.0, "ci95": [lo, hi]}
 

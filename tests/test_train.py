@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import tinyflow
-from flowcore import baselines, plots, train
+from flowcore import baselines, plots, sweep, train
 from flowcore.results import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,3 +169,34 @@ def test_chart_png(setup):
         pytest.skip("needs test_baselines_and_chart's run")
     assert plots.main(["--run", str(run)]) == 0
     assert (run / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_table(setup, one_thread, capsys):
+    """`sweep` compares runs on one stream: the untrained flow is shared where it cannot differ, never otherwise."""
+    model, problems, tmp = setup
+    base = ["--model", model, "--data-file", problems, *SETTINGS[:3], "3", *SETTINGS[4:]]
+    runs = {name: tmp / "sweep" / name for name in ("lr1e-3", "lr1e-2", "chunk4")}
+    assert train.main(base + ["--out", str(runs["lr1e-3"])]) == 0
+    assert train.main(base + ["--lr", "1e-2", "--out", str(runs["lr1e-2"])]) == 0
+    assert train.main(base + ["--chunk-size", "4", "--out", str(runs["chunk4"])]) == 0
+    assert baselines.main(["--run", str(runs["lr1e-3"]), "--which", "flow"]) == 0
+    out = tmp / "sweep"
+    assert sweep.main(["--runs", *map(str, runs.values()), "--out", str(out)]) == 0
+    rows = {Path(r["run"]).name: r for r in json.loads((out / "sweep.json").read_text())["rows"]}
+    shared = str(runs["lr1e-3"] / "baseline_flow.jsonl")
+    assert rows["lr1e-3"]["baseline"] == rows["lr1e-2"]["baseline"] == shared  # lr does not touch the untrained flow
+    assert rows["chunk4"]["baseline"] is None  # another chunk size: another untrained flow
+    untrained = {t["problem_id"]: t for t in read_jsonl(runs["lr1e-3"] / "baseline_flow.jsonl")}
+    for name in ("lr1e-3", "lr1e-2"):
+        progress = read_jsonl(runs[name] / "progress.jsonl")
+        row = rows[name]
+        assert row["trained"]["correct"] == sum(p["correct"] for p in progress)
+        assert row["untrained"]["correct"] == sum(untrained[p["problem_id"]]["correct"] for p in progress)
+        after = row["first_step_after_example"] + 1
+        assert row["answers_changed_after_first_step"] == [
+            sum(p["extracted"] != untrained[p["problem_id"]]["extracted"] for p in progress[after:]), 3 - after]
+        steps = [s for p in progress for s in p["losses"] if s["role"] == "answer"][1:]
+        assert row["answer_reward_accuracy_unseen"]["n"] == sum(s["pairs"] for s in steps)
+    md = (out / "sweep.md").read_text()
+    assert "| lr " in md.replace("chunk_size", "") and "| chunk_size |" in md and "no matching baseline" in md
+    assert "sweep.md" in capsys.readouterr().out

@@ -1,0 +1,164 @@
+"""Compare the runs of a tuning sweep on one training stream: ``python -m flowcore sweep``.
+
+The runs are ``train`` runs over the same seeded example order (``--examples N``
+takes the first N of the order that a larger N would give, so a short run is a
+prefix of a long one) with one or two settings changed. Everything comes from
+the runs' files; nothing is trained or generated here. Per run:
+
+- the settings that differ between the runs (lr, beta, chunk size, ...) and the dtype;
+- progressive accuracy (each example predicted before any update on it), and
+  the untrained flow on the same examples: the run's own ``baseline_flow.jsonl``,
+  or another run's whose model, data, flow settings and dtype are the same (the
+  untrained flow does not depend on the DPO settings), named in ``baseline``;
+- trained minus untrained (paired 95% interval, exact McNemar p), over all the
+  examples and over those predicted after the first DPO step, and how many of
+  the latter got another final answer than the untrained flow's (how far the
+  adapters moved the flow, right or wrong);
+- Answer and Stop pairs per example, DPO steps, and the Answer adapter's reward
+  accuracy on pairs it had not trained on: each step logs the share of its
+  batch with a positive implicit reward margin before it updates, so from the
+  second step on it is measured on new pairs by an adapter trained on earlier ones;
+- seconds per example.
+
+It writes ``sweep.json`` and ``sweep.md`` (the table) into ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import stats
+from .baselines import FILES, run_config
+from .results import provenance, read_jsonl, cli_command, write_json_atomic
+
+FLOW_SETTINGS_IGNORED = ("batch_size",)  # how many flows decode together: not what they write
+
+
+def flat(settings: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in settings.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def untrained_key(settings: dict, dtype: str | None) -> tuple:
+    """What the untrained flow's outputs depend on: a run's model, data and flow settings, and the dtype."""
+    flow = {k: v for k, v in settings["flow"].items() if k not in FLOW_SETTINGS_IGNORED}
+    return (settings["model"], settings["dataset"], settings["split"], settings["source"], settings.get("data_file"),
+            json.dumps(flow, sort_keys=True), dtype)
+
+
+def find_baseline(run: Path, config: dict, done_ids: list[str], runs: list[Path]) -> tuple[Path | None, dict[str, bool]]:
+    """The untrained flow's correctness by problem id: the run's own baseline, else a matching one of ``runs``."""
+    want = untrained_key(config["settings"], config.get("runtime", {}).get("dtype"))
+    for other in [run, *[r for r in runs if r != run]]:
+        path = other / FILES["flow"]
+        meta_path = path.with_suffix(".meta.json")
+        if not (path.is_file() and meta_path.is_file()):
+            continue
+        # the baseline ran the settings of the run it belongs to, in the dtype its meta file records
+        dtype = json.loads(meta_path.read_text()).get("runtime", {}).get("dtype")
+        if untrained_key(run_config(other)["settings"], dtype) != want:
+            continue
+        by_id = {r["problem_id"]: bool(r["correct"]) for r in read_jsonl(path)}
+        if all(i in by_id for i in done_ids):
+            return path, by_id
+    return None, {}
+
+
+def run_row(run: Path, runs: list[Path]) -> dict:
+    config = run_config(run)
+    progress = read_jsonl(run / "progress.jsonl")
+    if not progress:
+        raise ValueError(f"{run} has no progress yet")
+    online = [bool(p["correct"]) for p in progress]
+    ids = [p["problem_id"] for p in progress]
+    steps = [s for p in progress for s in p["losses"]]
+    answer_steps = [s for s in steps if s["role"] == "answer"]
+    unseen = answer_steps[1:]  # step 1 starts from zero LoRA weights: margin 0 on every pair
+    first = next((p["index"] for p in progress if p["losses"]), None)
+    after = first + 1 if first is not None else len(progress)
+    baseline, untrained = find_baseline(run, config, ids, runs)
+    row = {
+        "run": str(run), "settings": flat(config["settings"]), "dtype": config.get("runtime", {}).get("dtype"),
+        "examples": len(progress), "trained": stats.accuracy(online),
+        "baseline": str(baseline) if baseline else None,
+        "pairs_per_example": {role: round(sum(p[f"n_{role}_pairs"] for p in progress) / len(progress), 3)
+                              for role in ("answer", "stop")},
+        "dpo_steps": {role: sum(1 for s in steps if s["role"] == role) for role in ("answer", "stop")},
+        "answer_reward_accuracy_unseen": stats.proportion(round(sum(s["reward_accuracy"] * s["pairs"] for s in unseen)),
+                                                          sum(s["pairs"] for s in unseen)),
+        "last_answer_loss": answer_steps[-1]["loss"] if answer_steps else None,
+        "seconds_per_example": round(sum(p["seconds"] for p in progress) / len(progress), 1),
+        "first_step_after_example": first,
+    }
+    if baseline:
+        flow = [untrained[i] for i in ids]
+        base_records = {r["problem_id"]: r for r in read_jsonl(baseline)}
+        changed = sum(1 for p in progress[after:] if p["extracted"] != base_records[p["problem_id"]]["extracted"])
+        row.update({"untrained": stats.accuracy(flow),
+                    "trained_minus_untrained": {"all": stats.paired_difference(online, flow),
+                                                "after_first_step": stats.paired_difference(online[after:], flow[after:])},
+                    "answers_changed_after_first_step": [changed, len(progress) - after]})
+    return row
+
+
+def varying(rows: list[dict]) -> list[str]:
+    keys = sorted({k for r in rows for k in r["settings"]})
+    return [k for k in keys if k not in ("examples",) and len({json.dumps(r["settings"].get(k)) for r in rows}) > 1]
+
+
+def pct(acc: dict) -> str:
+    lo, hi = acc["ci95"]
+    return f"{acc['correct']}/{acc['n']} ({100 * acc['accuracy']:.0f}% [{100 * lo:.0f}-{100 * hi:.0f}])"
+
+
+def table(rows: list[dict]) -> str:
+    keys = varying(rows)
+    head = ["run", *[k.split(".")[-1] for k in keys], "dtype", "trained flow (progressive)", "untrained flow",
+            "trained - untrained, points (95% CI; discordant; p)", "answers changed after 1st step",
+            "Answer / Stop pairs per example", "DPO steps (Answer, Stop)", "Answer reward acc. on unseen pairs",
+            "last Answer loss", "s/example"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        d = r.get("trained_minus_untrained", {}).get("all")
+        diff = (f"{100 * d['difference']:+.1f} ({100 * d['ci95'][0]:+.1f} to {100 * d['ci95'][1]:+.1f}; "
+                f"{d['only_a']} vs {d['only_b']}; p={d['p_value']:.2g})") if d else "no matching baseline"
+        changed = "{}/{}".format(*r["answers_changed_after_first_step"]) if d else "-"
+        ra = r["answer_reward_accuracy_unseen"]
+        cells = [Path(r["run"]).name, *[str(r["settings"].get(k)) for k in keys],
+                 str(r["dtype"] or "not recorded").removeprefix("torch."), pct(r["trained"]), pct(r["untrained"]) if d else "-", diff,
+                 changed, f"{r['pairs_per_example']['answer']} / {r['pairs_per_example']['stop']}",
+                 f"{r['dpo_steps']['answer']}, {r['dpo_steps']['stop']}", pct(ra) if ra["n"] else "-",
+                 f"{r['last_answer_loss']:.3f}" if r["last_answer_loss"] is not None else "-",
+                 str(r["seconds_per_example"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m flowcore sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", nargs="+", required=True, help="train run directories, in the order of the table")
+    p.add_argument("--out", required=True, help="directory for sweep.json and sweep.md")
+    args = p.parse_args(argv)
+    runs = [Path(r) for r in args.runs]
+    try:
+        rows = [run_row(run, runs) for run in runs]
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = table(rows)
+    write_json_atomic(out / "sweep.json", {**provenance({"runs": [str(r) for r in runs]}, cli_command("sweep", argv)),
+                                           "rows": rows})
+    (out / "sweep.md").write_text(text)
+    print(text, end="")
+    print(f"wrote {out / 'sweep.json'} and {out / 'sweep.md'}")
+    return 0
