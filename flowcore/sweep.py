@@ -113,6 +113,14 @@ def varying(rows: list[dict]) -> list[str]:
     return [k for k in keys if k not in ("examples",) and len({json.dumps(r["settings"].get(k)) for r in rows}) > 1]
 
 
+def setting(v) -> str:
+    """Small floats (learning rates) as 5e-4, others as they are."""
+    if isinstance(v, float) and v and abs(v) < 1e-2:
+        mantissa, exponent = f"{v:e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def pct(acc: dict) -> str:
     lo, hi = acc["ci95"]
     return f"{acc['correct']}/{acc['n']} ({100 * acc['accuracy']:.0f}% [{100 * lo:.0f}-{100 * hi:.0f}])"
@@ -131,7 +139,7 @@ def table(rows: list[dict]) -> str:
                 f"{d['only_a']} vs {d['only_b']}; p={d['p_value']:.2g})") if d else "no matching baseline"
         changed = "{}/{}".format(*r["answers_changed_after_first_step"]) if d else "-"
         ra = r["answer_reward_accuracy_unseen"]
-        cells = [Path(r["run"]).name, *[str(r["settings"].get(k)) for k in keys],
+        cells = [Path(r["run"]).name, *[setting(r["settings"].get(k)) for k in keys],
                  str(r["dtype"] or "not recorded").removeprefix("torch."), pct(r["trained"]), pct(r["untrained"]) if d else "-", diff,
                  changed, f"{r['pairs_per_example']['answer']} / {r['pairs_per_example']['stop']}",
                  f"{r['dpo_steps']['answer']}, {r['dpo_steps']['stop']}", pct(ra) if ra["n"] else "-",
