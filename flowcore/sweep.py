@@ -11,9 +11,13 @@ the runs' files; nothing is trained or generated here. Per run:
   or another run's whose model, data, flow settings and dtype are the same (the
   untrained flow does not depend on the DPO settings), named in ``baseline``;
 - trained minus untrained (paired 95% interval, exact McNemar p), over all the
-  examples and over those predicted after the first DPO step, and how many of
-  the latter got another final answer than the untrained flow's (how far the
-  adapters moved the flow, right or wrong);
+  examples and over those predicted after the first DPO step, and how many
+  examples got another final answer than the untrained flow's (how far the
+  adapters moved the flow, right or wrong), before the first step and after it.
+  Before it the adapters are exactly zero, so changes there come from the
+  numerics of another batch composition (the online rounds decode other rows
+  together than the baseline does; in bf16 that changes some greedy tokens):
+  the floor that changes after the first step must be read against;
 - Answer and Stop pairs per example, DPO steps, and the Answer adapter's reward
   accuracy on pairs it had not trained on: each step logs the share of its
   batch with a positive implicit reward margin before it updates, so from the
@@ -100,11 +104,15 @@ def run_row(run: Path, runs: list[Path]) -> dict:
     if baseline:
         flow = [untrained[i] for i in ids]
         base_records = {r["problem_id"]: r for r in read_jsonl(baseline)}
-        changed = sum(1 for p in progress[after:] if p["extracted"] != base_records[p["problem_id"]]["extracted"])
+        changed = [sum(1 for p in part if p["extracted"] != base_records[p["problem_id"]]["extracted"])
+                   for part in (progress[:after], progress[after:])]
         row.update({"untrained": stats.accuracy(flow),
                     "trained_minus_untrained": {"all": stats.paired_difference(online, flow),
                                                 "after_first_step": stats.paired_difference(online[after:], flow[after:])},
-                    "answers_changed_after_first_step": [changed, len(progress) - after]})
+                    # before the first step the adapters are exactly zero: any change there is the numerics of
+                    # another batch (bf16 especially), the floor for the changes after it
+                    "answers_changed_before_first_step": [changed[0], after],
+                    "answers_changed_after_first_step": [changed[1], len(progress) - after]})
     return row
 
 
@@ -129,7 +137,8 @@ def pct(acc: dict) -> str:
 def table(rows: list[dict]) -> str:
     keys = varying(rows)
     head = ["run", *[k.split(".")[-1] for k in keys], "dtype", "trained flow (progressive)", "untrained flow",
-            "trained - untrained, points (95% CI; discordant; p)", "answers changed after 1st step",
+            "trained - untrained, points (95% CI; discordant; p)",
+            "answers changed vs untrained: before 1st step (zero adapters) / after",
             "Answer / Stop pairs per example", "DPO steps (Answer, Stop)", "Answer reward acc. on unseen pairs",
             "last Answer loss", "s/example"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -137,7 +146,8 @@ def table(rows: list[dict]) -> str:
         d = r.get("trained_minus_untrained", {}).get("all")
         diff = (f"{100 * d['difference']:+.1f} ({100 * d['ci95'][0]:+.1f} to {100 * d['ci95'][1]:+.1f}; "
                 f"{d['only_a']} vs {d['only_b']}; p={d['p_value']:.2g})") if d else "no matching baseline"
-        changed = "{}/{}".format(*r["answers_changed_after_first_step"]) if d else "-"
+        changed = ("{}/{} / {}/{}".format(*r["answers_changed_before_first_step"], *r["answers_changed_after_first_step"])
+                   if d else "-")
         ra = r["answer_reward_accuracy_unseen"]
         cells = [Path(r["run"]).name, *[setting(r["settings"].get(k)) for k in keys],
                  str(r["dtype"] or "not recorded").removeprefix("torch."), pct(r["trained"]), pct(r["untrained"]) if d else "-", diff,

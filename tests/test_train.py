@@ -193,8 +193,9 @@ def test_sweep_table(setup, one_thread, capsys):
         assert row["trained"]["correct"] == sum(p["correct"] for p in progress)
         assert row["untrained"]["correct"] == sum(untrained[p["problem_id"]]["correct"] for p in progress)
         after = row["first_step_after_example"] + 1
-        assert row["answers_changed_after_first_step"] == [
-            sum(p["extracted"] != untrained[p["problem_id"]]["extracted"] for p in progress[after:]), 3 - after]
+        changed = [p["extracted"] != untrained[p["problem_id"]]["extracted"] for p in progress]
+        assert row["answers_changed_before_first_step"] == [sum(changed[:after]), after]
+        assert row["answers_changed_after_first_step"] == [sum(changed[after:]), 3 - after]
         steps = [s for p in progress for s in p["losses"] if s["role"] == "answer"][1:]
         assert row["answer_reward_accuracy_unseen"]["n"] == sum(s["pairs"] for s in steps)
     md = (out / "sweep.md").read_text()
