@@ -16,6 +16,7 @@ at a time).
 from __future__ import annotations
 
 import dataclasses
+import glob
 import sys
 import threading
 import time
@@ -306,11 +307,12 @@ class DemoService:
     # ------------------------------------------------------------ Training
 
     def runs(self) -> list[str]:
-        """Run folders under runs_dir, newest first."""
+        """Run folders under runs_dir, newest first; a folder of runs (``runs/sweep``) is not a run."""
         root = Path(self.cfg.runs_dir)
         if not root.is_dir():
             return []
-        dirs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        dirs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                and not any(root.glob(f"{glob.escape(d.name)}/*/config.json"))]
         return [d.name for d in sorted(dirs, key=lambda d: d.stat().st_mtime, reverse=True)]
 
     def progressive(self, run: str | None) -> Figure:

@@ -185,6 +185,17 @@ def test_flow_adapters_load_from_the_newest_run(tmp_path, tiny):
     assert any("SFT ground_truth: missing" in m and REPRODUCE in m for m in logs)
 
 
+def test_training_tab_lists_train_runs_only(tmp_path, tiny):
+    model, tok = tiny
+    for name in ("r1", "sweep/lr5e-4"):  # runs/sweep holds a sweep's runs and its table: not a run itself
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "config.json").write_text("{}")
+    (tmp_path / "runs" / "just-started").mkdir()  # listed: the tab says what is missing
+    service = DemoService(model, tok, DemoConfig(results_dir=str(tmp_path), runs_dir=str(tmp_path / "runs")),
+                          log=lambda m: None)
+    assert sorted(service.runs()) == ["just-started", "r1"]
+
+
 def test_untrained_flow_says_how_to_train(tmp_path, tiny):
     model, tok = tiny
     logs = []
