@@ -16,7 +16,6 @@ at a time).
 from __future__ import annotations
 
 import dataclasses
-import glob
 import sys
 import threading
 import time
@@ -312,7 +311,7 @@ class DemoService:
         if not root.is_dir():
             return []
         dirs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-                and not any(root.glob(f"{glob.escape(d.name)}/*/config.json"))]
+                and not any(d.glob("*/config.json"))]
         return [d.name for d in sorted(dirs, key=lambda d: d.stat().st_mtime, reverse=True)]
 
     def progressive(self, run: str | None) -> Figure:

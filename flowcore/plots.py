@@ -84,6 +84,22 @@ def rounds(progress: list[dict], untrained: list[bool], size: int) -> list[dict]
     return out
 
 
+def progress_numbers(progress: list[dict]) -> dict:
+    """From ``progress.jsonl`` alone: the example whose line logs the first DPO step, the first example predicted
+    after it (``after``), pairs, DPO steps per adapter and seconds per example."""
+    n = len(progress)
+    steps = [s for p in progress for s in p["losses"]]
+    # the steps after a round are logged on its last example: later examples were predicted by updated adapters
+    first = next((p["index"] for p in progress if p["losses"]), None)
+    answer_pairs = sum(p["n_answer_pairs"] for p in progress)
+    stop_pairs = sum(p["n_stop_pairs"] for p in progress)
+    return {"first_step_after_example": first, "after": first + 1 if first is not None else n,
+            "pairs": {"answer": answer_pairs, "stop": stop_pairs,
+                      "per_example": round((answer_pairs + stop_pairs) / n, 3) if n else 0.0},
+            "dpo_steps": {role: sum(1 for s in steps if s["role"] == role) for role in ("answer", "stop")},
+            "seconds_per_example": round(sum(p["seconds"] for p in progress) / n, 1) if n else 0.0}
+
+
 def run_summary(run_dir: str | Path) -> dict:
     """The run's numbers, from its files: accuracies, paired differences vs the baselines, pairs, steps, time."""
     run = Path(run_dir)
@@ -93,26 +109,17 @@ def run_summary(run_dir: str | Path) -> dict:
     settings = config["settings"]
     progress = records[CURVES[0][0]]
     online = curves[CURVES[0][0]]
-    steps = [s for p in progress for s in p["losses"]]
-    # the steps after a round are logged on its last example: later examples were predicted by updated adapters
-    first = next((p["index"] for p in progress if p["losses"]), None)
-    n = len(progress)
-    after = first + 1 if first is not None else n
+    numbers = progress_numbers(progress)
+    n, after = len(progress), numbers["after"]
     comparisons = {}
     for name, seq in list(curves.items())[1:]:
         m = min(len(online), len(seq))
         comparisons[name] = {"all": stats.paired_difference(online[:m], seq[:m]),
                              "after_first_step": stats.paired_difference(online[after:m], seq[after:m])}
-    answer_pairs = sum(p["n_answer_pairs"] for p in progress)
-    stop_pairs = sum(p["n_stop_pairs"] for p in progress)
     return {
         "run": str(run), "examples": n, "accuracy": {name: stats.accuracy(seq) for name, seq in curves.items()},
         "trained_minus_baseline": comparisons,
-        "first_step_after_example": first,
-        "pairs": {"answer": answer_pairs, "stop": stop_pairs,
-                  "per_example": round((answer_pairs + stop_pairs) / n, 3) if n else 0.0},
-        "dpo_steps": {role: sum(1 for s in steps if s["role"] == role) for role in ("answer", "stop")},
-        "seconds_per_example": round(sum(p["seconds"] for p in progress) / n, 1) if n else 0.0,
+        **{k: numbers[k] for k in ("first_step_after_example", "pairs", "dpo_steps", "seconds_per_example")},
         "rounds": rounds(progress, curves[CURVES[1][0]], settings["dpo"]["group_size"] * settings["world_size"]),
         "diagnostics": diagnostics.diagnostics(progress, read_jsonl(run / "pairs.jsonl"), records[CURVES[1][0]],
                                                records[CURVES[2][0]], after),

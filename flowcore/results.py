@@ -86,6 +86,13 @@ def runtime(model=None) -> dict:
     return info
 
 
+def check_dtype(path, started: str | None, dtype: str) -> None:
+    """Refuse to continue ``path``, started in dtype ``started`` (None: not recorded), in another ``dtype``."""
+    if started and started != dtype:
+        raise ValueError(f"{path} was started in {started}, this process runs {dtype}: "
+                         f"pass --dtype {started.removeprefix('torch.')}")
+
+
 def provenance(settings: dict, command: str) -> dict:
     return {
         "command": command,
@@ -164,10 +171,8 @@ class ResultsFile:
     def note_runtime(self, model) -> None:
         """Record ``runtime(model)``; refuse to continue a file made in another dtype (its records would mix)."""
         info = runtime(model)
-        old = self.meta.get("runtime", {}).get("dtype")
-        if self.records and old and old != info["dtype"]:
-            raise ValueError(f"{self.path} was started in {old}, this process runs {info['dtype']}: "
-                             f"pass --dtype {old.removeprefix('torch.')}")
+        if self.records:
+            check_dtype(self.path, self.meta.get("runtime", {}).get("dtype"), info["dtype"])
         self.note("runtime", info)
 
     def finish(self, summary: dict) -> None:

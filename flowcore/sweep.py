@@ -35,6 +35,7 @@ from pathlib import Path
 
 from . import stats
 from .baselines import FILES, run_config
+from .plots import progress_numbers
 from .results import provenance, read_jsonl, cli_command, write_json_atomic
 
 FLOW_SETTINGS_IGNORED = ("batch_size",)  # how many flows decode together: not what they write
@@ -57,8 +58,8 @@ def untrained_key(settings: dict, dtype: str | None) -> tuple:
             json.dumps(flow, sort_keys=True), dtype)
 
 
-def find_baseline(run: Path, config: dict, done_ids: list[str], runs: list[Path]) -> tuple[Path | None, dict[str, bool]]:
-    """The untrained flow's correctness by problem id: the run's own baseline, else a matching one of ``runs``."""
+def find_baseline(run: Path, config: dict, done_ids: list[str], runs: list[Path]) -> tuple[Path | None, dict[str, dict]]:
+    """The untrained flow's records by problem id: the run's own baseline, else a matching one of ``runs``."""
     want = untrained_key(config["settings"], config.get("runtime", {}).get("dtype"))
     for other in [run, *[r for r in runs if r != run]]:
         path = other / FILES["flow"]
@@ -69,7 +70,7 @@ def find_baseline(run: Path, config: dict, done_ids: list[str], runs: list[Path]
         dtype = json.loads(meta_path.read_text()).get("runtime", {}).get("dtype")
         if untrained_key(run_config(other)["settings"], dtype) != want:
             continue
-        by_id = {r["problem_id"]: bool(r["correct"]) for r in read_jsonl(path)}
+        by_id = {r["problem_id"]: r for r in read_jsonl(path)}
         if all(i in by_id for i in done_ids):
             return path, by_id
     return None, {}
@@ -80,31 +81,28 @@ def run_row(run: Path, runs: list[Path]) -> dict:
     progress = read_jsonl(run / "progress.jsonl")
     if not progress:
         raise ValueError(f"{run} has no progress yet")
+    numbers = progress_numbers(progress)
+    n, after = len(progress), numbers["after"]
     online = [bool(p["correct"]) for p in progress]
     ids = [p["problem_id"] for p in progress]
-    steps = [s for p in progress for s in p["losses"]]
-    answer_steps = [s for s in steps if s["role"] == "answer"]
+    answer_steps = [s for p in progress for s in p["losses"] if s["role"] == "answer"]
     unseen = answer_steps[1:]  # step 1 starts from zero LoRA weights: margin 0 on every pair
-    first = next((p["index"] for p in progress if p["losses"]), None)
-    after = first + 1 if first is not None else len(progress)
     baseline, untrained = find_baseline(run, config, ids, runs)
     row = {
         "run": str(run), "settings": flat(config["settings"]), "dtype": config.get("runtime", {}).get("dtype"),
-        "examples": len(progress), "trained": stats.accuracy(online),
+        "examples": n, "trained": stats.accuracy(online),
         "baseline": str(baseline) if baseline else None,
-        "pairs_per_example": {role: round(sum(p[f"n_{role}_pairs"] for p in progress) / len(progress), 3)
-                              for role in ("answer", "stop")},
-        "dpo_steps": {role: sum(1 for s in steps if s["role"] == role) for role in ("answer", "stop")},
+        "pairs_per_example": {role: round(numbers["pairs"][role] / n, 3) for role in ("answer", "stop")},
+        "dpo_steps": numbers["dpo_steps"],
         "answer_reward_accuracy_unseen": stats.proportion(round(sum(s["reward_accuracy"] * s["pairs"] for s in unseen)),
                                                           sum(s["pairs"] for s in unseen)),
         "last_answer_loss": answer_steps[-1]["loss"] if answer_steps else None,
-        "seconds_per_example": round(sum(p["seconds"] for p in progress) / len(progress), 1),
-        "first_step_after_example": first,
+        "seconds_per_example": numbers["seconds_per_example"],
+        "first_step_after_example": numbers["first_step_after_example"],
     }
     if baseline:
-        flow = [untrained[i] for i in ids]
-        base_records = {r["problem_id"]: r for r in read_jsonl(baseline)}
-        changed = [sum(1 for p in part if p["extracted"] != base_records[p["problem_id"]]["extracted"])
+        flow = [bool(untrained[i]["correct"]) for i in ids]
+        changed = [sum(1 for p in part if p["extracted"] != untrained[p["problem_id"]]["extracted"])
                    for part in (progress[:after], progress[after:])]
         row.update({"untrained": stats.accuracy(flow),
                     "trained_minus_untrained": {"all": stats.paired_difference(online, flow),
@@ -112,7 +110,7 @@ def run_row(run: Path, runs: list[Path]) -> dict:
                     # before the first step the adapters are exactly zero: any change there is the numerics of
                     # another batch (bf16 especially), the floor for the changes after it
                     "answers_changed_before_first_step": [changed[0], after],
-                    "answers_changed_after_first_step": [changed[1], len(progress) - after]})
+                    "answers_changed_after_first_step": [changed[1], n - after]})
     return row
 
 

@@ -202,10 +202,8 @@ def prepare_run(args: argparse.Namespace, argv: list[str], problems: list, flow:
             diff = results.settings_diff(old["settings"], settings)
             raise TrainError(f"{run} was started with other settings {diff} (old, new); "
                              "resume with the original arguments or use another --out")
-        old_dtype, dtype = old.get("runtime", {}).get("dtype"), str(net.dtype)
-        if old_dtype and old_dtype != dtype:  # its progress, pairs and adapters would mix two dtypes
-            raise TrainError(f"{run} was started in {old_dtype}, this process runs {dtype}: "
-                             f"resume with --dtype {old_dtype.removeprefix('torch.')}")
+        # its progress, pairs and adapters would mix two dtypes (a ValueError, reported by main)
+        results.check_dtype(run, old.get("runtime", {}).get("dtype"), results.runtime(net)["dtype"])
     else:
         if config_path.exists() or (run / PROGRESS).exists():
             raise TrainError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
