@@ -2,7 +2,7 @@
 
 One base model is loaded once. On it, as named peft adapters of ONE PeftModel:
   * ``answer`` / ``stop``: the Flow's adapters, from an online-DPO run
-    (default: the newest ``runs/*/adapters``) or fresh untrained ones (LoRA B
+    (default: the latest-started run's ``runs/*/adapters``) or fresh untrained ones (LoRA B
     starts at 0, so an untrained flow is the base model in both roles);
   * ``sft_ground_truth`` / ``sft_self_generated`` / ``sft_flow_generated``: the
     compiled (SFT) models of FLOW-DPO.md section 3, from
@@ -16,6 +16,7 @@ at a time).
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import threading
 import time
@@ -114,13 +115,25 @@ def find_adapter_dir(directory: Path) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
+def run_started(run_dir: Path) -> str:
+    """When a run began, as its ``config.json`` records it ("" if it does not).
+
+    Runs are ordered by this, not by file times: a fresh clone gives every
+    file the time of the checkout, so "newest by mtime" would be arbitrary.
+    """
+    try:
+        return str(json.loads((run_dir / "config.json").read_text()).get("started", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
 def newest_flow_adapters(runs_dir: Path) -> Path | None:
-    """The newest ``<runs_dir>/*/adapters`` holding both answer/ and stop/ adapters."""
+    """The ``<runs_dir>/*/adapters`` of the latest-started run holding both answer/ and stop/ adapters."""
     candidates = [
         d for d in runs_dir.glob("*/adapters")
         if all((d / role / "adapter_config.json").is_file() for role in adapters.ROLES)
     ]
-    return max(candidates, key=lambda d: d.stat().st_mtime) if candidates else None
+    return max(candidates, key=lambda d: (run_started(d.parent), d.parent.name)) if candidates else None
 
 
 # ---------------------------------------------------------------- the service
@@ -306,13 +319,13 @@ class DemoService:
     # ------------------------------------------------------------ Training
 
     def runs(self) -> list[str]:
-        """Run folders under runs_dir, newest first; a folder of runs (``runs/sweep``) is not a run."""
+        """Run folders under runs_dir, latest-started first; a folder of runs (``runs/sweep``) is not a run."""
         root = Path(self.cfg.runs_dir)
         if not root.is_dir():
             return []
         dirs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
                 and not any(d.glob("*/config.json"))]
-        return [d.name for d in sorted(dirs, key=lambda d: d.stat().st_mtime, reverse=True)]
+        return [d.name for d in sorted(dirs, key=lambda d: (run_started(d), d.name), reverse=True)]
 
     def progressive(self, run: str | None) -> Figure:
         """The progressive-accuracy chart of a run (flowcore.plots), or why there is none."""
@@ -330,8 +343,6 @@ class DemoService:
 
     def results_tables(self) -> list[tuple[Path, object]]:
         """(path, parsed table.json) for every ``<results_root>/*/table.json``, sorted by path."""
-        import json
-
         tables = []
         for path in sorted(Path(self.cfg.results_root).glob("*/table.json")):
             try:

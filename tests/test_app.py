@@ -185,6 +185,24 @@ def test_flow_adapters_load_from_the_newest_run(tmp_path, tiny):
     assert any("SFT ground_truth: missing" in m and REPRODUCE in m for m in logs)
 
 
+def test_runs_are_ordered_by_recorded_start_not_file_times(tmp_path, tiny):
+    """A fresh clone gives every file the checkout's time: the app must use config.json's start date."""
+    import os
+
+    model, tok = tiny
+    runs = tmp_path / "runs"
+    for name, started, mtime in (("old", "2026-11-20T10:00:00+0000", 2_000_000_000),
+                                 ("new", "2026-11-25T10:00:00+0000", 1_000_000_000)):
+        saved = adapters.attach(build_tiny_model(tok, seed=2))
+        adapters.save(saved, runs / name / "adapters")
+        (runs / name / "config.json").write_text(json.dumps({"started": started}))
+        for path in (runs / name, runs / name / "adapters"):
+            os.utime(path, (mtime, mtime))  # the older run has the newer file times
+    service = DemoService(model, tok, DemoConfig(results_dir=str(tmp_path), runs_dir=str(runs)), log=lambda m: None)
+    assert service.runs() == ["new", "old"]
+    assert service.flow_adapters == runs / "new" / "adapters"
+
+
 def test_training_tab_lists_train_runs_only(tmp_path, tiny):
     model, tok = tiny
     for name in ("r1", "sweep/lr5e-4"):  # runs/sweep holds a sweep's runs and its table: not a run itself
