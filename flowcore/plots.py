@@ -71,7 +71,8 @@ def run_curves(run_dir: str | Path) -> dict[str, list[bool]]:
 
 def rounds(progress: list[dict], untrained: list[bool], size: int) -> list[dict]:
     """Per round of ``size`` examples: progressive correct, the untrained flow on the same examples, pairs made,
-    the DPO steps logged at the round's end (loss, reward accuracy) and seconds per example."""
+    the DPO steps logged at the round's end (loss, reward accuracy), seconds per example, and each process's
+    explore seconds (``[]`` in runs from before they were logged): their spread is time a process waited."""
     out = []
     for start in range(0, len(progress), size):
         g, end = progress[start:start + size], min(start + size, len(progress))
@@ -80,7 +81,8 @@ def rounds(progress: list[dict], untrained: list[bool], size: int) -> list[dict]
                     "answer_pairs": sum(p["n_answer_pairs"] for p in g), "stop_pairs": sum(p["n_stop_pairs"] for p in g),
                     "steps": [{k: s[k] for k in ("role", "step", "pairs", "loss", "reward_accuracy")}
                               for p in g for s in p["losses"]],
-                    "seconds_per_example": round(sum(p["seconds"] for p in g) / len(g), 1)})
+                    "seconds_per_example": round(sum(p["seconds"] for p in g) / len(g), 1),
+                    "explore_seconds": [t for p in g for t in p.get("explore_seconds", [])]})
     return out
 
 

@@ -271,6 +271,7 @@ def train(net, tok, problems: list[data.Problem], run: Path, flow: FlowConfig, d
         indices = list(range(position, min(n, position + round_size)))
         mine = indices[procs.rank * dpo.group_size:(procs.rank + 1) * dpo.group_size]
         explorations = explore(engine, [problems[i] for i in mine], dpo.rollouts, dpo.rollout_temperature)
+        explore_seconds = procs.gather([round(time.time() - t0, 3)])  # per process: data-parallel balance
         found = procs.gather([(i, x) for i, x in zip(mine, explorations)])
         found.sort(key=lambda item: item[0])
         for _, x in found:
@@ -301,6 +302,7 @@ def train(net, tok, problems: list[data.Problem], run: Path, flow: FlowConfig, d
                     "n_rollouts": len(x.rollouts), "rollouts_correct": sum(r.correct for r in x.rollouts),
                     "n_answer_pairs": kinds.count("answer"), "n_stop_pairs": kinds.count("stop"),
                     "losses": steps if j == len(found) - 1 else [],
+                    "explore_seconds": explore_seconds if j == len(found) - 1 else [],
                     "seconds": round(seconds / len(found), 3), "elapsed": round(elapsed, 3),
                 }
                 results.append_jsonl(run / PAIRS, [{"index": i, **p.to_dict()} for p in x.pairs])

@@ -23,7 +23,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASET
        "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 SETTINGS = ["--dataset", "gsm8k", "--examples", "6", "--chunk-size", "6", "--max-steps", "6", "--stop-threshold", "1.0",
             "--group-size", "2", "--batch-pairs", "3", "--checkpoint-every", "2", "--lr", "1e-3", "--rollouts", "1"]
-TIMING = ("seconds", "elapsed")
+TIMING = ("seconds", "elapsed", "explore_seconds")
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +107,9 @@ def test_accelerate_two_processes(setup):
     assert [p["problem_id"] for p in progress] == config["example_ids"]
     assert config["settings"]["world_size"] == 2
     assert any(p["losses"] for p in progress)
+    # each round's last record times both processes' explore phase (how balanced the split was)
+    assert [len(p["explore_seconds"]) for p in progress] == [0, 2, 0, 2]
+    assert all(t > 0 for p in progress for t in p["explore_seconds"])
 
 
 def test_baselines_and_chart(setup, one_thread, monkeypatch, capsys):
@@ -149,6 +152,7 @@ def test_baselines_and_chart(setup, one_thread, monkeypatch, capsys):
     assert [(r["examples"], r["correct"], r["untrained_flow_correct"]) for r in summary["rounds"]] == [
         ([0, 1], sum(online[:2]), sum(flow_in_order[:2])), ([2, 2], online[2], flow_in_order[2])]  # --group-size 2
     assert sum(len(r["steps"]) for r in summary["rounds"]) == sum(summary["dpo_steps"].values())
+    assert [len(r["explore_seconds"]) for r in summary["rounds"]] == [1, 1]  # one process: one time per round
     d = summary["diagnostics"]
     assert d["stop_pairs"]["chosen_yes"] + d["stop_pairs"]["chosen_no"] == summary["pairs"]["stop"]
     assert d["untrained_flow_vs_zero_shot"]["n"] == 3
