@@ -319,13 +319,16 @@ class DemoService:
     # ------------------------------------------------------------ Training
 
     def runs(self) -> list[str]:
-        """Run folders under runs_dir, latest-started first; a folder of runs (``runs/sweep``) is not a run."""
+        """Run folders under runs_dir: first the run whose adapters the Flow tab uses, then latest-started first
+        (an unfinished run without adapters can be the latest); a folder of runs (``runs/sweep``) is not a run."""
         root = Path(self.cfg.runs_dir)
         if not root.is_dir():
             return []
         dirs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
                 and not any(d.glob("*/config.json"))]
-        return [d.name for d in sorted(dirs, key=lambda d: (run_started(d), d.name), reverse=True)]
+        in_use = self.flow_adapters.parent.resolve() if self.flow_adapters else None
+        return [d.name for d in sorted(dirs, key=lambda d: (d.resolve() == in_use, run_started(d), d.name),
+                                       reverse=True)]
 
     def progressive(self, run: str | None) -> Figure:
         """The progressive-accuracy chart of a run (flowcore.plots), or why there is none."""

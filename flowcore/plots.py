@@ -62,13 +62,6 @@ def curves_in_order(records: dict[str, list[dict]], order: list[str]) -> dict[st
     return curves
 
 
-def run_curves(run_dir: str | Path) -> dict[str, list[bool]]:
-    """Correctness per example in the run's order for each curve (see ``run_records``)."""
-    run = Path(run_dir)
-    order = run_config(run)["example_ids"]
-    return curves_in_order(run_records(run), order)
-
-
 def rounds(progress: list[dict], untrained: list[bool], size: int) -> list[dict]:
     """Per round of ``size`` examples: progressive correct, the untrained flow on the same examples, pairs made,
     the DPO steps logged at the round's end (loss, reward accuracy), seconds per example, and each process's
@@ -119,7 +112,8 @@ def run_summary(run_dir: str | Path) -> dict:
         comparisons[name] = {"all": stats.paired_difference(online[:m], seq[:m]),
                              "after_first_step": stats.paired_difference(online[after:m], seq[after:m])}
     return {
-        "run": str(run), "examples": n, "accuracy": {name: stats.accuracy(seq) for name, seq in curves.items()},
+        "run": str(run), "examples": n, "planned_examples": len(config["example_ids"]),
+        "accuracy": {name: stats.accuracy(seq) for name, seq in curves.items()},
         "trained_minus_baseline": comparisons,
         **{k: numbers[k] for k in ("first_step_after_example", "pairs", "dpo_steps", "seconds_per_example")},
         "rounds": rounds(progress, curves[CURVES[1][0]], settings["dpo"]["group_size"] * settings["world_size"]),
@@ -128,8 +122,14 @@ def run_summary(run_dir: str | Path) -> dict:
     }
 
 
+def examples_done(done: int, planned: int) -> str:
+    """"400 examples", or "288 of 400 examples (unfinished)" for a run that has not reached its end."""
+    return f"{done} examples" if done >= planned else f"{done} of {planned} examples (unfinished)"
+
+
 def describe(summary: dict) -> str:
-    lines = [f"{summary['run']}: {summary['examples']} examples, {summary['pairs']['per_example']} pairs per example "
+    lines = [f"{summary['run']}: {examples_done(summary['examples'], summary['planned_examples'])}, "
+             f"{summary['pairs']['per_example']} pairs per example "
              f"({summary['pairs']['answer']} Answer, {summary['pairs']['stop']} Stop), DPO steps "
              f"{summary['dpo_steps']}, {summary['seconds_per_example']} s per example"]
     lines += [f"  {name}: {stats.fmt(acc) if acc['n'] else 'not reached yet (python -m flowcore baselines)'}"
@@ -150,15 +150,19 @@ def progressive_figure(run_dir: str | Path):
     import plotly.graph_objects as go
 
     run = Path(run_dir)
-    curves = run_curves(run)
-    model = run_config(run)["settings"]["model"]
+    config = run_config(run)
+    curves = curves_in_order(run_records(run), config["example_ids"])
+    model, planned, done = config["settings"]["model"], len(config["example_ids"]), len(curves[CURVES[0][0]])
     fig = go.Figure()
     for (name, seq), dash in zip(curves.items(), ("solid", "dash", "dot")):
         acc = stats.accuracy(seq)
         label = f"{name}: {stats.fmt(acc)}" if seq else f"{name}: not reached yet"
         fig.add_trace(go.Scatter(x=list(range(1, len(seq) + 1)), y=progressive_curve(seq), mode="lines",
                                  name=label, line={"dash": dash, "width": 2}))
-    fig.update_layout(title=f"Progressive validation accuracy — {run.name} ({model})",
+    title = f"Progressive validation accuracy — {run.name} ({model})"
+    if done < planned:
+        title += f"<br><sub>{examples_done(done, planned)}</sub>"
+    fig.update_layout(title=title,
                       xaxis_title="examples seen", yaxis_title="cumulative accuracy (%)",
                       yaxis={"range": [0, 100]}, template="plotly_white",
                       legend={"orientation": "h", "yanchor": "bottom", "y": -0.35}, width=900, height=560)

@@ -202,6 +202,13 @@ def test_runs_are_ordered_by_recorded_start_not_file_times(tmp_path, tiny):
     assert service.runs() == ["new", "old"]
     assert service.flow_adapters == runs / "new" / "adapters"
 
+    # a later run that has not exported adapters (unfinished, its checkpoint lost) is listed after the run in use
+    (runs / "unfinished").mkdir()
+    (runs / "unfinished" / "config.json").write_text(json.dumps({"started": "2026-11-26T10:00:00+0000"}))
+    service = DemoService(model, tok, DemoConfig(results_dir=str(tmp_path), runs_dir=str(runs)), log=lambda m: None)
+    assert service.flow_adapters == runs / "new" / "adapters"
+    assert service.runs() == ["new", "unfinished", "old"]
+
 
 def test_training_tab_lists_train_runs_only(tmp_path, tiny):
     model, tok = tiny

@@ -159,6 +159,17 @@ def test_baselines_and_chart(setup, one_thread, monkeypatch, capsys):
     assert d["after_example"] == (summary["first_step_after_example"] + 1 if any(p["losses"] for p in progress) else 3)
     assert summary["trained_minus_baseline"]["untrained flow"]["all"]["difference"] == pytest.approx(
         (sum(online) - sum(flow_in_order)) / 3)
+    assert summary["planned_examples"] == 3 and "unfinished" not in plots.describe(summary)
+    assert "unfinished" not in fig.layout.title.text
+    # a run that stopped before its last example says so in the summary and on the chart
+    cut = tmp / "chart-unfinished"
+    shutil.copytree(run, cut)
+    (cut / "progress.jsonl").write_text("".join(line + "\n" for line in
+                                                (cut / "progress.jsonl").read_text().splitlines()[:2]))
+    cut_summary = plots.run_summary(cut)
+    assert (cut_summary["examples"], cut_summary["planned_examples"]) == (2, 3)
+    assert "2 of 3 examples (unfinished)" in plots.describe(cut_summary)
+    assert "2 of 3 examples (unfinished)" in plots.progressive_figure(cut).layout.title.text
     with pytest.raises(FileNotFoundError, match="python -m flowcore train"):
         plots.progressive_figure(tmp / "nothing-here")
 
