@@ -19,6 +19,7 @@ generated tokens; the figure of merit is examples/hour.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -34,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 def naive_loop(net, tok, problems, flow, dpo):
     import torch
+    from tqdm import tqdm
 
     from flowcore import adapters
     from flowcore.dpo import OnlineDPO
@@ -46,7 +48,7 @@ def naive_loop(net, tok, problems, flow, dpo):
     trainer = OnlineDPO(peft, tok.pad_token_id, dpo)
     engine = FlowEngine(peft, tok, flow, reuse_kv=False)  # plain: every generate call encodes its whole input
     pending, n_pairs = {r: [] for r in ROLES}, 0
-    for i, problem in enumerate(problems):
+    for i, problem in enumerate(tqdm(problems, desc="naive loop", unit="example")):
         state = FlowState(problem)
         for _ in engine.run([state]):
             pass
@@ -103,7 +105,7 @@ def one_mode(args) -> dict:
             "generated_tokens": tokens,
             "decode_use": round(tokens / row_tokens, 3) if row_tokens else None,  # generated / rows x positions decoded
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "dtype": str(next(net.parameters()).dtype)}
 
 
 def main() -> int:
@@ -115,20 +117,33 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--batch-pairs", type=int, default=32)
     p.add_argument("--mode", choices=("both", "batched", "naive"), default="both")
+    p.add_argument("--parallel", action="store_true",
+                   help="run the two modes at the same time, one thread each (for a 2-core machine: each mode has "
+                        "one core and the other mode as its neighbour; half the wall time)")
     args = p.parse_args()
     if args.mode != "both":
         print("RESULT " + json.dumps(one_mode(args)), flush=True)
         return 0
-    rows = {}
-    for mode in ("batched", "naive"):
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--mode", mode]
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if out.returncode != 0 or line is None:
-            print(out.stderr[-3000:], file=sys.stderr)
-            return 1
-        rows[mode] = json.loads(line[len("RESULT "):])
-        print(json.dumps(rows[mode]))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **({"OMP_NUM_THREADS": "1"} if args.parallel else {})}
+    argv = [a for a in sys.argv[1:] if a != "--parallel"]
+    with tempfile.TemporaryDirectory() as logs, contextlib.ExitStack() as files:
+        jobs = {}
+        for mode in ("batched", "naive"):  # output to files: a full pipe would stall a parallel job
+            out, err = (files.enter_context(open(Path(logs) / f"{mode}.{kind}", "w+")) for kind in ("out", "err"))
+            jobs[mode] = (subprocess.Popen([sys.executable, __file__, *argv, "--mode", mode], env=env, text=True,
+                                           stdout=out, stderr=err), out, err)
+            if not args.parallel:
+                jobs[mode][0].wait()
+        rows = {}
+        for mode, (job, out, err) in jobs.items():
+            job.wait()
+            out.seek(0), err.seek(0)
+            line = next((x for x in out.read().splitlines() if x.startswith("RESULT ")), None)
+            if job.returncode != 0 or line is None:
+                print(err.read()[-3000:], file=sys.stderr)
+                return 1
+            rows[mode] = json.loads(line[len("RESULT "):])
+            print(json.dumps(rows[mode]))
     ratio = rows["batched"]["examples_per_hour"] / rows["naive"]["examples_per_hour"]
     print(f"\n{args.model}, {args.examples} GSM8K train examples, chunk_size {args.chunk_size}, max_steps "
           f"{args.max_steps}: batched {rows['batched']['examples_per_hour']} examples/h vs naive "
