@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flowcore import data, models  # noqa: E402
-from flowcore.flow import FlowConfig, FlowEngine, zero_shot_config  # noqa: E402
+from flowcore.flow.engine import FlowConfig, FlowEngine, zero_shot_config  # noqa: E402
 
 
 def matmul_roof(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:

@@ -2,7 +2,7 @@
 
     python bench/bench_online.py --model smollm2-135m-instruct --examples 4 --chunk-size 32 --max-steps 3
 
-- **batched**: the real loop, ``flowcore.train.train`` (all flows of a round in
+- **batched**: the real loop, ``flowcore.online.train.train`` (all flows of a round in
   one engine batch, then all their rollouts and "continue" counterfactuals in
   one continuously batched run), with ``group_size`` = the number of examples.
 - **naive**: one example at a time; its flow alone, then each rollout (and each
@@ -38,9 +38,9 @@ def naive_loop(net, tok, problems, flow, dpo):
     from tqdm import tqdm
 
     from flowcore import adapters
-    from flowcore.dpo import OnlineDPO
-    from flowcore.flow import FlowEngine, FlowState
-    from flowcore.rollouts import ROLES, answer_pair, stop_pairs
+    from flowcore.online.dpo import OnlineDPO
+    from flowcore.flow.engine import FlowEngine, FlowState
+    from flowcore.online.rollouts import ROLES, answer_pair, stop_pairs
 
     torch.manual_seed(dpo.seed)
     peft = adapters.attach(net, dpo.lora())
@@ -84,9 +84,9 @@ def one_mode(args) -> dict:
     import torch
 
     from flowcore import data, models
-    from flowcore.dpo import OnlineDPOConfig
-    from flowcore.flow import FlowConfig
-    from flowcore.train import Processes, example_order, train
+    from flowcore.online.dpo import OnlineDPOConfig
+    from flowcore.flow.engine import FlowConfig
+    from flowcore.online.train import Processes, example_order, train
 
     problems = example_order(data.load("gsm8k", "train"), args.examples, 0)
     flow = FlowConfig(chunk_size=args.chunk_size, max_steps=args.max_steps, batch_size=args.batch_size)

@@ -5,7 +5,7 @@ import html
 import json
 from pathlib import Path
 
-from flowcore.evaluate import PAPER_TABLE1, comparisons_table, markdown_table
+from flowcore.eval.evaluate import PAPER_TABLE1, comparisons_table, markdown_table
 
 from .services import REPRODUCE_CMD, Answer, FlowView
 

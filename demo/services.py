@@ -28,10 +28,10 @@ import torch
 
 from flowcore import adapters, data, models
 from flowcore.data import DataError, Problem
-from flowcore.evaluate import LABELS, MODELS, ZERO_SHOT
-from flowcore.flow import Chunk, FlowConfig, FlowEngine, FlowState, Trace
-from flowcore.plots import progressive_figure
-from flowcore.rollouts import explore
+from flowcore.eval.evaluate import LABELS, MODELS, ZERO_SHOT
+from flowcore.flow.engine import Chunk, FlowConfig, FlowEngine, FlowState, Trace
+from flowcore.online.plots import progressive_figure
+from flowcore.online.rollouts import explore
 
 REPRODUCE_CMD = "python -m flowcore reproduce --preset cpu"
 TRAIN_CMD = "python -m flowcore train --model {model} --dataset gsm8k --examples 400 --out runs/NAME"
@@ -88,7 +88,7 @@ class FlowView:
     chunks: list[Chunk] = field(default_factory=list)
     phase: str = "flow"  # flow | rollouts | done
     trace: Trace | None = None
-    exploration: object | None = None  # flowcore.rollouts.Exploration
+    exploration: object | None = None  # flowcore.online.rollouts.Exploration
     rollouts: int = 0
     message: str = ""  # e.g. why rollouts were not run
     seconds: float = 0.0  # the flow's own time
@@ -331,7 +331,7 @@ class DemoService:
                                        reverse=True)]
 
     def progressive(self, run: str | None) -> Figure:
-        """The progressive-accuracy chart of a run (flowcore.plots), or why there is none."""
+        """The progressive-accuracy chart of a run (flowcore.online.plots), or why there is none."""
         if not run:
             return Figure(None, f"No online-DPO runs under `{self.cfg.runs_dir}/`. Make one with `{self.train_command}`.")
         run_dir = Path(self.cfg.runs_dir) / run

@@ -1,3 +1,3 @@
-from .cli import main
+from flowcore.cli import main
 
 raise SystemExit(main())

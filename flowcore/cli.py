@@ -1,31 +1,44 @@
-"""`python -m flowcore COMMAND ...` — each command lives in its own module."""
+"""`python -m flowcore COMMAND ...`: each command lives in its own module; `COMMAND --help` shows its options
+and their defaults."""
 from __future__ import annotations
 
+import importlib
 import sys
+
+# name: (module, function, one-line description), in the order of the paper's stages
+COMMANDS = {
+    "model-path": ("flowcore.models", "main_model_path",
+                   "fetch, verify and convert an embedded model once; print its directory"),
+    "generate": ("flowcore.flow.generate", "main",
+                 "run the flow (or zero-shot) on a dataset; per-problem results to a .jsonl file"),
+    "train": ("flowcore.online.train", "main",
+              "online Flow-DPO: rollouts -> pairs -> DPO steps on both adapters, progressive validation"),
+    "baselines": ("flowcore.online.baselines", "main",
+                  "untrained flow and zero-shot on a training run's examples (same order, same settings)"),
+    "plot": ("flowcore.online.plots", "main",
+             "a run's progressive-accuracy chart and summary.json (paired intervals, diagnostics)"),
+    "sweep": ("flowcore.online.sweep", "main", "compare the runs of a tuning sweep on one training stream"),
+    "reproduce": ("flowcore.compile.reproduce", "main",
+                  "compile: traces from three sources -> SFT -> evaluation -> the paper's table"),
+    "lm-eval": ("flowcore.eval.lm_eval_cli", "main",
+                "lm-evaluation-harness with the flow_gsm8k/flow_math tasks and the `flow` model"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {desc}" for name, (_, _, desc) in COMMANDS.items()]
+    return (f"usage: python -m flowcore COMMAND [options]\n\n{__doc__}\n\ncommands:\n" + "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__ + "\n\ncommands: " + ", ".join(COMMANDS))
+        print(usage())
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
-        print(f"unknown command {cmd!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        print(f"unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module, func = COMMANDS[cmd]
-    import importlib
-
-    return getattr(importlib.import_module(module, __package__), func)(rest)
-
-
-COMMANDS = {
-    "model-path": (".models", "main_model_path"),
-    "generate": (".generate", "main"),
-    "train": (".train", "main"),
-    "baselines": (".baselines", "main"),
-    "plot": (".plots", "main"),
-    "sweep": (".sweep", "main"),
-    "reproduce": (".reproduce", "main"),
-    "lm-eval": (".lm_eval_cli", "main"),
-}
+    module, func, _ = COMMANDS[cmd]
+    return getattr(importlib.import_module(module), func)(rest)

@@ -57,7 +57,7 @@ def _math_row(row: dict, split: str, index: int) -> Problem:
     problem, solution = row["problem"], row["solution"]
     answer = row.get("answer")
     if answer is None:  # hub MATH has no answer field: it is the last \boxed{} of the solution
-        from .grading import last_boxed
+        from flowcore.grading import last_boxed
 
         answer = last_boxed(solution)
     if not isinstance(problem, str) or not problem.strip():

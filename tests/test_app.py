@@ -12,7 +12,7 @@ from tiny_app import COMPARE_CHUNK, serve_tiny_app
 from demo import services
 from demo.services import DemoConfig, DemoService
 from flowcore import adapters, data
-from flowcore.flow import FlowConfig, FlowEngine, FlowState
+from flowcore.flow.engine import FlowConfig, FlowEngine, FlowState
 
 ENDPOINTS = {"/compare_load_problem", "/compare", "/flow_load_problem", "/flow", "/progressive", "/reload_files"}
 REPRODUCE = "python -m flowcore reproduce --preset cpu"
@@ -234,8 +234,8 @@ def test_rollouts_render_pairs_chosen_and_rejected():
     """The pair display on a hand-made exploration (the tiny model's rollouts all tie: no pairs)."""
     from demo import render
     from demo.services import FlowView
-    from flowcore.flow import Chunk, Trace
-    from flowcore.rollouts import Exploration, Pair, Rollout
+    from flowcore.flow.engine import Chunk, Trace
+    from flowcore.online.rollouts import Exploration, Pair, Rollout
 
     problem = data.custom_problem("What is 6 * 7?", "42", "gsm8k")
     trace = Trace("custom", "gsm8k", "42", [{"text": "6 * 7 = 41.", "n_tokens": 5, "p_yes": 0.9}], "stop",

@@ -9,11 +9,13 @@ import pytest
 import torch
 
 import tinyflow
-from flowcore import compile as sft_mod
-from flowcore import data, evaluate, grading, reproduce, traces
-from flowcore.compile import CompileConfig
-from flowcore.evaluate import EvalSet
-from flowcore.flow import FlowConfig
+from flowcore.compile import sft as sft_mod
+from flowcore import data, grading
+from flowcore.eval import evaluate
+from flowcore.compile import reproduce, traces
+from flowcore.compile.sft import CompileConfig
+from flowcore.eval.evaluate import EvalSet
+from flowcore.flow.engine import FlowConfig
 
 
 # ---------------------------------------------------------------- ground truth

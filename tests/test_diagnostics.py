@@ -1,7 +1,7 @@
 """diagnostics on hand-made run records (the Stop-pair reasons are checked against rollouts in test_rollouts)."""
 from __future__ import annotations
 
-from flowcore import diagnostics
+from flowcore.online import diagnostics
 
 
 def rec(pid, correct, end="eos", completion=""):

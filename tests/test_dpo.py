@@ -8,9 +8,9 @@ import torch
 
 import tinyflow
 from flowcore import adapters, data
-from flowcore.dpo import OnlineDPO, OnlineDPOConfig, adapter_params, dpo_loss, sequence_logps
-from flowcore.flow import FlowConfig, FlowEngine
-from flowcore.rollouts import Pair, explore
+from flowcore.online.dpo import OnlineDPO, OnlineDPOConfig, adapter_params, dpo_loss, sequence_logps
+from flowcore.flow.engine import FlowConfig, FlowEngine
+from flowcore.online.rollouts import Pair, explore
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

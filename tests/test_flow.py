@@ -5,9 +5,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from flowcore import adapters, flow, prompts
+from flowcore import adapters, prompts
+from flowcore.flow import engine as flow
 from flowcore.data import Problem
-from flowcore.flow import FlowConfig, FlowEngine, FlowState, zero_shot_config
+from flowcore.flow.engine import FlowConfig, FlowEngine, FlowState, zero_shot_config
 
 
 def problems(n):
@@ -88,7 +89,7 @@ def test_batched_flow_equals_one_at_a_time(tiny):
 def test_kv_reuse_changes_nothing_but_speed(tiny):
     """Keeping each flow's Answer cache between chunks (rows joining and leaving the batch, left-padded
     caches of different lengths, branches cut from a cache) gives the same flows as re-encoding."""
-    from flowcore.rollouts import explore
+    from flowcore.online.rollouts import explore
 
     model, tok = tiny
     cfg = FlowConfig(chunk_size=4, max_steps=4, batch_size=3, stop_threshold=0.6)

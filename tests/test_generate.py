@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from flowcore import generate, results
+from flowcore.flow import generate
+from flowcore import results
 from flowcore.results import ResultsFile, read_jsonl
 
 

@@ -19,7 +19,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from flowcore import adapters, data, generate, grading, lm_eval_tasks, prompts
+from flowcore import adapters, data, grading, prompts
+from flowcore.flow import generate
+from flowcore.eval import lm_eval_tasks
 from flowcore.results import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,7 +239,7 @@ def flow_adapters(memorised, tmp_path_factory):
 def test_flow_model_agrees_with_flowcore_flow(task_manager, memorised, flow_adapters, tmp_path):
     import lm_eval
 
-    from flowcore.lm_eval_model import FlowLM
+    from flowcore.eval.lm_eval_model import FlowLM
 
     settings = dict(chunk_size=3, max_steps=4, temperature=0.7, seed=5)  # sampled: same RNG stream too
     traces = {}
@@ -265,7 +267,7 @@ def test_flow_model_agrees_with_flowcore_flow(task_manager, memorised, flow_adap
 def test_flow_model_zero_shot_mode_agrees(task_manager, memorised, flowcore_zero_shot):
     import lm_eval
 
-    from flowcore.lm_eval_model import FlowLM
+    from flowcore.eval.lm_eval_model import FlowLM
 
     lm = FlowLM(pretrained=memorised, mode="zero-shot", chunk_size=CHUNK, max_steps=STEPS, batch_size=2)
     out = lm_eval.simple_evaluate(model=lm, tasks=list(TASKS), limit=N, task_manager=task_manager, log_samples=True)
@@ -273,7 +275,7 @@ def test_flow_model_zero_shot_mode_agrees(task_manager, memorised, flowcore_zero
 
 
 def test_flow_model_rejects_bad_args_and_loglikelihood(memorised):
-    from flowcore.lm_eval_model import FlowLM
+    from flowcore.eval.lm_eval_model import FlowLM
 
     with pytest.raises(ValueError, match="unknown chunksize"):
         FlowLM(pretrained=memorised, chunksize=3)
@@ -349,7 +351,7 @@ def test_reproduce_table_with_real_lora_adapters(memorised, tmp_path, capsys, mo
     assert "| 0-shot base | 50.0 ± 50.0" in text.out and "| SFT flow-generated | missing" in text.out
 
 
-# ---------------------------------------------------------------- an SFT adapter from flowcore.compile
+# ---------------------------------------------------------------- an SFT adapter from flowcore.compile.sft
 
 
 def test_hf_with_an_sft_adapter_agrees_with_flowcore_evaluate(task_manager, memorised, tmp_path, one_thread):
@@ -360,9 +362,10 @@ def test_hf_with_an_sft_adapter_agrees_with_flowcore_evaluate(task_manager, memo
     """
     import lm_eval
 
-    from flowcore import compile as sft_mod
-    from flowcore import evaluate, models
-    from flowcore.flow import FlowConfig
+    from flowcore.compile import sft as sft_mod
+    from flowcore.eval import evaluate
+    from flowcore import models
+    from flowcore.flow.engine import FlowConfig
     from flowcore.results import ResultsFile
 
     rows = []

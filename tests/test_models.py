@@ -10,7 +10,7 @@ import torch
 
 from flowcore import models
 from flowcore.data import Problem
-from flowcore.flow import FlowConfig, FlowEngine
+from flowcore.flow.engine import FlowConfig, FlowEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 

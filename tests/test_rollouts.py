@@ -5,9 +5,10 @@ import pytest
 import torch
 
 import tinyflow
-from flowcore import adapters, data, diagnostics
-from flowcore.flow import Chunk, FlowConfig, FlowEngine, FlowState
-from flowcore.rollouts import answer_pair, explore, stop_pairs, stop_prompt_ids
+from flowcore import adapters, data
+from flowcore.online import diagnostics
+from flowcore.flow.engine import Chunk, FlowConfig, FlowEngine, FlowState
+from flowcore.online.rollouts import answer_pair, explore, stop_pairs, stop_prompt_ids
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import tinyflow
-from flowcore import baselines, plots, sweep, train
+from flowcore.online import baselines, plots, sweep, train
 from flowcore.results import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ def _sft_adapter(tok, directory):
 
 
 def _fake_run(run):
-    """A run's files in the format of flowcore.train / baselines (4 examples), for the chart."""
+    """A run's files in the format of flowcore.online.train / baselines (4 examples), for the chart."""
     run.mkdir(parents=True)
     ids = [f"gsm8k/train/{i}" for i in range(4)]
     (run / "config.json").write_text(json.dumps({"example_ids": ids, "settings": {"model": "tiny"}}))

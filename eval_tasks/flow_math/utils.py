@@ -10,7 +10,7 @@ _ROOT = Path(__file__).resolve().parents[2]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from flowcore import lm_eval_tasks as _tasks  # noqa: E402
+from flowcore.eval import lm_eval_tasks as _tasks  # noqa: E402
 
 FlowcoreTask = _tasks.task_class()
 doc_to_text = _tasks.doc_to_text

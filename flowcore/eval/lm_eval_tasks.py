@@ -13,7 +13,7 @@ data, the prompt and the judging are flowcore's own, never a second copy:
 * scoring: ``flowcore.grading.grade`` -> ``exact_match`` (correct) and
   ``has_answer`` (an anchored final answer was found), both means with stderr.
 
-The ``flow`` lm-eval model (``flowcore.lm_eval_model``) reads the doc's
+The ``flow`` lm-eval model (``flowcore.eval.lm_eval_model``) reads the doc's
 ``question``/``dataset``/``gold`` fields directly and builds the flow's own
 prompts from them.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 
-from . import data, grading, prompts
+from flowcore import data, grading, prompts
 
 SOURCE_ENV = "FLOWCORE_DATA_SOURCE"  # "local" (default) or "hub"
 TEST_SPLIT = {"gsm8k": "test", "math": "test500"}

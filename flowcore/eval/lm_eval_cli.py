@@ -1,9 +1,9 @@
-"""`python -m flowcore.lm_eval_cli ARGS` (or `python -m flowcore lm-eval ARGS`): lm_eval with the `flow` model.
+"""`python -m flowcore.eval.lm_eval_cli ARGS` (or `python -m flowcore lm-eval ARGS`): lm_eval with the `flow` model.
 
-Registers the ``flow`` model (``flowcore.lm_eval_model``), then runs lm-eval's own
+Registers the ``flow`` model (``flowcore.eval.lm_eval_model``), then runs lm-eval's own
 command line with every argument passed through unchanged, e.g.
 
-    python -m flowcore.lm_eval_cli --model flow \\
+    python -m flowcore.eval.lm_eval_cli --model flow \\
         --model_args pretrained=smollm2-135m-instruct,adapters=results/cpu/flow,chunk_size=160,max_steps=6 \\
         --include_path eval_tasks --tasks flow_gsm8k,flow_math --batch_size 16 --limit 50
 
@@ -16,7 +16,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    from . import lm_eval_model  # noqa: F401  (registers "flow")
+    from flowcore.eval import lm_eval_model  # noqa: F401  (registers "flow")
     from lm_eval.__main__ import cli_evaluate
 
     old = sys.argv

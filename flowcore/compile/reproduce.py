@@ -29,10 +29,12 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from . import adapters, data, evaluate, models, results, traces
-from .compile import CompileConfig, sft
-from .evaluate import EvalSet
-from .flow import FlowConfig, FlowEngine, zero_shot_config
+from flowcore import adapters, data, models, results
+from flowcore.eval import evaluate
+from flowcore.compile import traces
+from flowcore.compile.sft import CompileConfig, sft
+from flowcore.eval.evaluate import EvalSet
+from flowcore.flow.engine import FlowConfig, FlowEngine, zero_shot_config
 
 STAGES = ("flow-dpo", "traces", "select", "sft", "eval", "table")
 
@@ -141,7 +143,7 @@ class Pipeline:
         return models.load(self.cfg.model, self.dtype)
 
     def prompts(self) -> list[data.Problem]:
-        from .train import example_order, load_problems
+        from flowcore.online.train import example_order, load_problems
 
         problems = []
         for ps in self.cfg.prompt_sets:
@@ -169,7 +171,7 @@ class Pipeline:
         if done >= int(self.cfg.dpo_args["examples"]) and (run / "adapters").is_dir():
             print(f"[flow-dpo] {run}: done ({done} examples)")
             return
-        from . import train
+        from flowcore.online import train
 
         argv = train_argv(self.cfg) + (["--resume"] if (run / "config.json").is_file() else [])
         print(f"[flow-dpo] python -m flowcore train {' '.join(argv)}")
@@ -291,7 +293,7 @@ class Pipeline:
         return outcomes
 
     def table(self) -> dict:
-        from .plots import write_figure
+        from flowcore.online.plots import write_figure
 
         tab = evaluate.table(self.outcomes())
         selection = self.out / "sft_data" / "selection.json"

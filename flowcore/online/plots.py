@@ -23,9 +23,10 @@ import json
 import sys
 from pathlib import Path
 
-from . import diagnostics, stats
-from .baselines import FILES, run_config
-from .results import read_jsonl
+from flowcore.online import diagnostics
+from flowcore import stats
+from flowcore.online.baselines import FILES, run_config
+from flowcore.results import read_jsonl
 
 CURVES = (("Flow-DPO (online)", "progress.jsonl"), ("untrained flow", FILES["flow"]),
           ("zero-shot", FILES["zero-shot"]))

@@ -22,10 +22,10 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from . import data, models, stats
-from .flow import FlowConfig, FlowEngine, zero_shot_config
-from .generate import solve_into
-from .results import ResultsFile, cli_command
+from flowcore import data, models, stats
+from flowcore.flow.engine import FlowConfig, FlowEngine, zero_shot_config
+from flowcore.flow.generate import solve_into
+from flowcore.results import ResultsFile, cli_command
 
 FILES = {"flow": "baseline_flow.jsonl", "zero-shot": "baseline_zero_shot.jsonl"}
 
@@ -40,7 +40,7 @@ def run_config(run: Path) -> dict:
 
 def run_problems(config: dict) -> list[data.Problem]:
     """The run's examples, in its training order."""
-    from .train import load_problems
+    from flowcore.online.train import load_problems
 
     s = config["settings"]
     by_id = {q.id: q for q in load_problems(s["dataset"], s["split"], s["source"], s.get("data_file"))}

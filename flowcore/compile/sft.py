@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from . import adapters, prompts, results
-from .dpo import adapter_params, sequence_logps
+from flowcore import adapters, prompts, results
+from flowcore.online.dpo import adapter_params, sequence_logps
 
 CHECKPOINT, LOG, META = "checkpoint.pt", "log.jsonl", "sft.json"
 

@@ -30,8 +30,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import adapters
-from .rollouts import ROLES, Pair
+from flowcore import adapters
+from flowcore.online.rollouts import ROLES, Pair
 
 
 @dataclass

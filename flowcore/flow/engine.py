@@ -47,8 +47,8 @@ from typing import Iterable, Iterator
 import torch
 from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
-from . import adapters, grading, prompts
-from .data import Problem
+from flowcore import adapters, grading, prompts
+from flowcore.data import Problem
 
 
 PASS_ROWS = 8  # (ours) rows per prompt-encoding pass (Stop LLM, Answer prefill), grouped by length

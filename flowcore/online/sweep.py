@@ -33,10 +33,10 @@ import json
 import sys
 from pathlib import Path
 
-from . import stats
-from .baselines import FILES, run_config
-from .plots import progress_numbers
-from .results import provenance, read_jsonl, cli_command, write_json_atomic
+from flowcore import stats
+from flowcore.online.baselines import FILES, run_config
+from flowcore.online.plots import progress_numbers
+from flowcore.results import provenance, read_jsonl, cli_command, write_json_atomic
 
 FLOW_SETTINGS_IGNORED = ("batch_size",)  # how many flows decode together: not what they write
 

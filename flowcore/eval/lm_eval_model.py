@@ -1,6 +1,6 @@
 """The Answer/Stop flow as an lm-eval model, registered as ``flow``.
 
-    python -m flowcore.lm_eval_cli --model flow \\
+    python -m flowcore.eval.lm_eval_cli --model flow \\
         --model_args pretrained=qwen2.5-coder-0.5b-instruct,adapters=DIR,chunk_size=160,max_steps=6 \\
         --include_path eval_tasks --tasks flow_gsm8k,flow_math --batch_size 16
 
@@ -8,7 +8,7 @@ model_args (all optional):
   pretrained      embedded model name, local model directory or hub id (default: flowcore's default)
   adapters        directory with ``answer/`` and ``stop/`` peft adapters (default: none = untrained flow)
   mode            ``flow`` (Answer + Stop LLM) or ``zero-shot`` (base model alone, same token budget)
-  chunk_size, max_steps, temperature, top_p, stop_threshold, seed: ``flowcore.flow.FlowConfig`` fields
+  chunk_size, max_steps, temperature, top_p, stop_threshold, seed: ``flowcore.flow.engine.FlowConfig`` fields
   dtype           auto | float32 | bfloat16 | float16 (auto: bf16 where the hardware has it, else fp32)
 The batch size is lm-eval's ``--batch_size`` (flows advanced together; "auto" means FlowConfig's default).
 
@@ -35,10 +35,10 @@ from dataclasses import fields, replace
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from . import adapters as adapters_mod
-from . import models
-from .data import Problem
-from .flow import FlowConfig, FlowEngine, zero_shot_config
+from flowcore import adapters as adapters_mod
+from flowcore import models
+from flowcore.data import Problem
+from flowcore.flow.engine import FlowConfig, FlowEngine, zero_shot_config
 
 log = logging.getLogger("flowcore.lm_eval")
 

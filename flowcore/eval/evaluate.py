@@ -15,10 +15,10 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import data, stats
-from .flow import FlowConfig, FlowEngine, zero_shot_config
-from .generate import solve_into
-from .results import ResultsFile
+from flowcore import data, stats
+from flowcore.flow.engine import FlowConfig, FlowEngine, zero_shot_config
+from flowcore.flow.generate import solve_into
+from flowcore.results import ResultsFile
 
 ZERO_SHOT = "zero_shot"
 MODELS = (ZERO_SHOT, "ground_truth", "self_generated", "flow_generated")  # row keys (= SFT trace sources)

@@ -22,11 +22,11 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from . import grading
-from .data import Problem
-from .flow import FlowEngine
-from .generate import solve_into
-from .results import ResultsFile
+from flowcore import grading
+from flowcore.data import Problem
+from flowcore.flow.engine import FlowEngine
+from flowcore.flow.generate import solve_into
+from flowcore.results import ResultsFile
 
 SOURCES = ("ground_truth", "self_generated", "flow_generated")
 SELECTION_RULE = (

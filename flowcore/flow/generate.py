@@ -11,9 +11,9 @@ import sys
 import time
 from dataclasses import asdict, fields
 
-from . import data, models, stats
-from .flow import FlowConfig, FlowEngine, zero_shot_config
-from .results import ResultsFile, cli_command
+from flowcore import data, models, stats
+from flowcore.flow.engine import FlowConfig, FlowEngine, zero_shot_config
+from flowcore.results import ResultsFile, cli_command
 
 
 def add_flow_args(p: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 def load_model_with_adapters(model_name: str, adapter_dir: str | None, dtype: str = "auto"):
     net, tok = models.load(model_name, dtype)
     if adapter_dir:
-        from . import adapters
+        from flowcore import adapters
 
         net = adapters.load(net, adapter_dir)
     return net, tok

@@ -47,11 +47,11 @@ from pathlib import Path
 
 import torch
 
-from . import adapters, data, models, results, stats
-from .dpo import OnlineDPO, OnlineDPOConfig
-from .flow import FlowConfig, FlowEngine
-from .generate import add_flow_args, flow_config
-from .rollouts import ROLES, Pair, explore
+from flowcore import adapters, data, models, results, stats
+from flowcore.online.dpo import OnlineDPO, OnlineDPOConfig
+from flowcore.flow.engine import FlowConfig, FlowEngine
+from flowcore.flow.generate import add_flow_args, flow_config
+from flowcore.online.rollouts import ROLES, Pair, explore
 
 PROGRESS, PAIRS, CONFIG, CHECKPOINT, ADAPTERS = "progress.jsonl", "pairs.jsonl", "config.json", "checkpoint.pt", "adapters"
 KILL_ENV = "FLOWCORE_KILL_AFTER"  # testing: SIGKILL this process after it wrote this many progress lines

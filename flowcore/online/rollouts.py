@@ -44,9 +44,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import grading, prompts
-from .data import Problem
-from .flow import FlowEngine, FlowState, Trace
+from flowcore import grading, prompts
+from flowcore.data import Problem
+from flowcore.flow.engine import FlowEngine, FlowState, Trace
 
 ROLES = ("answer", "stop")
 
