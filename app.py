@@ -6,6 +6,7 @@ Builds the app from ``demo/`` and launches it; all model work lives in
 from __future__ import annotations
 
 import argparse
+from flowcore.cli import HelpFormatter
 import os
 import sys
 
@@ -19,7 +20,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     from demo.services import DemoConfig
 
     d = DemoConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", default=os.environ.get("FLOWCORE_MODEL", models.DEFAULT_MODEL),
                    help=f"embedded name ({', '.join(models.REGISTRY)}), local dir or hub id "
                         f"(env FLOWCORE_MODEL; default {models.DEFAULT_MODEL})")

@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flowcore.cli import HelpFormatter
 from flowcore import data, models  # noqa: E402
 from flowcore.flow.engine import FlowConfig, FlowEngine, zero_shot_config  # noqa: E402
 
@@ -56,7 +57,7 @@ def batched(model, tok, cfg: FlowConfig, problems) -> tuple[int, float, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", default=models.DEFAULT_MODEL)
     p.add_argument("--n", type=int, default=8, help="GSM8K test problems")
     p.add_argument("--chunk-size", type=int, default=160)

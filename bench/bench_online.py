@@ -19,6 +19,7 @@ generated tokens; the figure of merit is examples/hour.
 from __future__ import annotations
 
 import argparse
+from flowcore.cli import HelpFormatter
 import contextlib
 import json
 import os
@@ -109,7 +110,7 @@ def one_mode(args) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--examples", type=int, default=4)
     p.add_argument("--chunk-size", type=int, default=32)

@@ -22,6 +22,7 @@ one file (on a 2-core CPU, one thread each).
 from __future__ import annotations
 
 import argparse
+from flowcore.cli import HelpFormatter
 import fcntl
 import json
 import sys
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     from flowcore import models
 
     p = argparse.ArgumentParser(prog="eval_tasks/reproduce_table.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--model", default=models.DEFAULT_MODEL, help="embedded name, local dir or hub id of the base model")
     p.add_argument("--sft-dir", default=str(ROOT / "results" / "cpu" / "sft"),
                    help="directory holding ground_truth/, self_generated/, flow_generated/ peft adapters")

@@ -2,8 +2,25 @@
 and their defaults."""
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every command's ``--help``: the module docstring as written, and each option's default."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        if action.help is None and action.option_strings and action.nargs != 0 and action.default is not None:
+            action.help = "(default: %(default)s)"  # an option without help text still shows its default
+        super().add_argument(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or not action.option_strings \
+                or action.nargs == 0:  # flags (store_true) have no default worth showing
+            return text
+        return f"{text} (default: %(default)s)".strip()
 
 # name: (module, function, one-line description), in the order of the paper's stages
 COMMANDS = {

@@ -1,5 +1,6 @@
 """The one grading module: gold solutions grade as correct; an equivalence table; threads."""
 import threading
+import time
 
 import pytest
 
@@ -31,6 +32,32 @@ def test_every_gold_solution_grades_correct(dataset, split):
     ("\\boxed{18} at first, then \\boxed{7}", "18", False),
     ("", "18", False),
     ("The answer is \\boxed{18", "18", False),  # box cut off at a chunk boundary: no answer yet
+    # a unit's exponent is not the answer
+    ("\\boxed{5 \\text{ cm}^2}", "5", True),
+    ("\\boxed{5 \\text{ cm}^2}", "2", False),
+    ("\\boxed{5\\text{ cm}^{2}}", "5", True),
+    ("\\boxed{12\\,\\text{m}^3}", "12", True),
+    ("\\boxed{12 \\mathrm{m^3}}", "12", True),
+    ("The answer is 5 cm^2.", "5", True),
+    ("The answer is 5 ft^{2} of carpet", "5", True),
+    # scientific notation and powers of numbers
+    ("\\boxed{1.5\\times10^3}", "1500", True),
+    ("\\boxed{1.5\\times10^3}", "3", False),
+    ("\\boxed{1.5 \\times 10^{3}}", "1500", True),
+    ("The answer is 1.5e3", "1500", True),
+    ("\\boxed{2.5 \\cdot 10^{-2}}", "0.025", True),
+    ("\\boxed{2^{10}}", "1024", True),
+    ("\\boxed{2^{10}}", "10", False),
+    ("\\boxed{3^2 \\text{ m}^2}", "9", True),
+    # thousands separators written in LaTeX
+    ("\\boxed{\\$1{,}500}", "1500", True),
+    ("\\boxed{1\\,500}", "1500", True),
+    # a negated statement is no answer
+    ("The answer is not 7, let us continue", "7", False),
+    ("The answer is NOT 7.", "7", False),
+    ("The answer: not 7", "7", False),
+    ("The answer is 7, let us continue", "7", True),  # control: the same without "not"
+    ("The answer is not 7. The answer is 8.", "8", True),  # control: a later plain statement counts
 ])
 def test_gsm8k_table(completion, gold, expected):
     assert grading.is_correct(completion, gold, "gsm8k") is expected
@@ -70,6 +97,10 @@ def test_extraction_is_anchored():
     assert grading.last_boxed("\\boxed{a{b}c}") == "a{b}c"
     assert grading.last_boxed("\\boxed{unclosed") is None
     assert grading.extract_answer("so the answer is \\boxed{4") is None
+    assert grading.extract_answer("The answer is not 7, let us continue") is None
+    assert grading.extract_answer("The answer isn't 7, let us check") is None
+    assert grading.extract_answer("The answer is not $\\frac{3}{5}$, so we continue") is None
+    assert grading.extract_answer("The answer is not 7. So the answer is 8.") == "8"
 
 
 def test_math_grading_off_the_main_thread():
@@ -84,6 +115,35 @@ def test_math_grading_off_the_main_thread():
     t.start()
     t.join(30)
     assert results == {"eq": True, "ne": False}
+
+
+SLOW = "\\boxed{9^{9^{9}}}"  # sympy works on 9^387420489 for minutes
+
+
+def test_a_math_check_past_the_time_limit_is_reported_and_frees_its_worker(monkeypatch):
+    # Pathological answers hold every worker; checks submitted after them must still be right.
+    monkeypatch.setattr(grading, "TIME_LIMIT", 1.0)
+    grades = {}
+
+    def grade(key, completion, gold):
+        grades[key] = grading.grade(completion, gold, "math")
+
+    start = time.monotonic()
+    slow = [threading.Thread(target=grade, args=(i, SLOW, "5")) for i in range(5)]  # more than the workers
+    later = [threading.Thread(target=grade, args=("eq", "\\boxed{0.5}", "\\frac{1}{2}")),
+             threading.Thread(target=grade, args=("ne", "\\boxed{0.4}", "\\frac{1}{2}"))]
+    for t in slow:
+        t.start()
+    time.sleep(0.5)
+    for t in later:
+        t.start()
+    for t in slow + later:
+        t.join(60)
+    assert grades["eq"] == grading.Grade("0.5", True) and grades["ne"] == grading.Grade("0.4", False)
+    assert all(grades[i] == grading.Grade("9^{9^{9}}", False, timed_out=True) for i in range(len(slow)))
+    assert grading.grade(SLOW, "5", "math").timed_out  # the main thread too
+    assert grading.is_correct("\\boxed{0.5}", "\\frac{1}{2}", "math")
+    assert time.monotonic() - start < 30
 
 
 def test_unknown_dataset_is_refused():

@@ -29,6 +29,7 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from flowcore.cli import HelpFormatter
 from flowcore import adapters, data, models, results
 from flowcore.eval import evaluate
 from flowcore.compile import traces
@@ -318,7 +319,7 @@ class Pipeline:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m flowcore reproduce", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--preset", choices=list(PRESETS), required=True,
                    help="cpu: sized for a 2-core CPU (hours, in the background); paper: the paper's sizes (a GPU)")
     p.add_argument("--model", default=None, help="override the preset's model (embedded name, local dir, hub id)")

@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import asdict, fields
 
+from flowcore.cli import HelpFormatter
 from flowcore import data, models, stats
 from flowcore.flow.engine import FlowConfig, FlowEngine, zero_shot_config
 from flowcore.results import ResultsFile, cli_command
@@ -64,7 +65,7 @@ def solve_into(engine: FlowEngine, problems: list[data.Problem], out: ResultsFil
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m flowcore generate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--model", default=models.DEFAULT_MODEL,
                    help=f"embedded name ({', '.join(models.REGISTRY)}), local dir or hub id")
     p.add_argument("--adapters", default=None, help="directory with answer/ and stop/ peft adapters (default: none = untrained flow)")

@@ -22,6 +22,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from flowcore.cli import HelpFormatter
 from flowcore import data, models, stats
 from flowcore.flow.engine import FlowConfig, FlowEngine, zero_shot_config
 from flowcore.flow.generate import solve_into
@@ -52,7 +53,7 @@ def run_problems(config: dict) -> list[data.Problem]:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m flowcore baselines", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--run", required=True, help="run directory written by `python -m flowcore train`")
     p.add_argument("--which", choices=("both", *FILES), default="both")
     p.add_argument("--batch-size", type=int, default=None, help="flows per generate call (default: the run's)")

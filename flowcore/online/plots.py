@@ -23,6 +23,7 @@ import json
 import sys
 from pathlib import Path
 
+from flowcore.cli import HelpFormatter
 from flowcore.online import diagnostics
 from flowcore import stats
 from flowcore.online.baselines import FILES, run_config
@@ -172,7 +173,7 @@ def progressive_figure(run_dir: str | Path):
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m flowcore plot", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--run", required=True, help="run directory (runs/NAME)")
     p.add_argument("--no-png", action="store_true", help="write chart.html only")
     args = p.parse_args(argv)

@@ -33,6 +33,7 @@ import json
 import sys
 from pathlib import Path
 
+from flowcore.cli import HelpFormatter
 from flowcore import stats
 from flowcore.online.baselines import FILES, run_config
 from flowcore.online.plots import progress_numbers
@@ -159,7 +160,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m flowcore sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--runs", nargs="+", required=True, help="train run directories, in the order of the table")
     p.add_argument("--out", required=True, help="directory for sweep.json and sweep.md")
     args = p.parse_args(argv)

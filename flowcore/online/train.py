@@ -47,6 +47,7 @@ from pathlib import Path
 
 import torch
 
+from flowcore.cli import HelpFormatter
 from flowcore import adapters, data, models, results, stats
 from flowcore.online.dpo import OnlineDPO, OnlineDPOConfig
 from flowcore.flow.engine import FlowConfig, FlowEngine
@@ -166,7 +167,7 @@ def dpo_config(args: argparse.Namespace) -> OnlineDPOConfig:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m flowcore train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--model", default=models.DEFAULT_MODEL,
                    help=f"embedded name ({', '.join(models.REGISTRY)}), local dir or hub id")
     p.add_argument("--dataset", choices=data.DATASETS, default="gsm8k")
