@@ -19,7 +19,6 @@ generated tokens; the figure of merit is examples/hour.
 from __future__ import annotations
 
 import argparse
-from flowcore.cli import HelpFormatter
 import contextlib
 import json
 import os
@@ -110,6 +109,8 @@ def one_mode(args) -> dict:
 
 
 def main() -> int:
+    from flowcore.cli import HelpFormatter
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--examples", type=int, default=4)

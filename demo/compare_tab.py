@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from . import render
-from .problem_picker import LATEX, Picker, problem_or_error
+from .problem_picker import LATEX, Picker
 from .services import COLUMNS, REPRODUCE_CMD, DemoService
 
 
@@ -21,18 +21,20 @@ def build(service: DemoService) -> None:
         picker = Picker(service, "compare")
         with gr.Row():
             max_tokens = gr.Slider(8, 1024, value=service.cfg.compare_max_tokens, step=8,
-                                   label="Answer length (max new tokens)", scale=3)
+                                   label="Answer length (max new tokens)", scale=3,
+                                   info="each answer stops at exactly this many tokens, if it has not ended before")
             run = gr.Button("Answer with all four models", variant="primary", scale=1)
-        note = gr.Markdown(label="Notice")
-        with gr.Row(equal_height=False):
+        note = gr.Markdown(label="Notice", elem_id="compare-note")
+        # the cards wrap onto new lines when the screen is narrow (CSS .fc-cards in ui.py)
+        with gr.Row(equal_height=False, elem_classes="fc-cards"):
             columns = [gr.Markdown(f"### {label}", label=label, latex_delimiters=LATEX, elem_classes="fc-column",
                                    min_height=120, container=True, padding=True)
                        for label in COLUMNS.values()]
 
         def compare(problem_set, index, question, gold, length):
-            problem, notice = problem_or_error(service, problem_set, index, question, gold)
+            problem, notice = picker.problem(problem_set, index, question, gold)
             for answers in service.compare(problem, length):
                 yield render.notice(notice), *[render.answer_column(a) for a in answers]
 
-        run.click(compare, [*picker.inputs, max_tokens], [note, *columns], api_name="compare",
-                  concurrency_id="model")
+        run.click(compare, [*picker.inputs, max_tokens], [note, *columns], validator=picker.check,
+                  api_name="compare", concurrency_id="model")

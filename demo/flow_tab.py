@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from . import render
-from .problem_picker import Picker, problem_or_error
+from .problem_picker import Picker
 from .services import DemoService
 
 
@@ -35,11 +35,11 @@ def build(service: DemoService) -> None:
         pairs = gr.HTML(render.rollouts_placeholder(), label="Rollouts", elem_id="flow-rollouts")
 
         def run_flow(problem_set, index, question, gold, chunk, steps, n_rollouts, temp):
-            problem, notice = problem_or_error(service, problem_set, index, question, gold)
+            problem, notice = picker.problem(problem_set, index, question, gold)
             for view in service.run_flow(problem, chunk, steps, n_rollouts, temp):
                 status = render.flow_status(view)
                 yield (render.notice(notice) + "  \n" + status if notice else status,
                        render.flow_chunks(view), render.rollouts_html(view))
 
         run.click(run_flow, [*picker.inputs, chunk_size, max_steps, rollouts, temperature], [status_md, chunks, pairs],
-                  api_name="flow", concurrency_id="model")
+                  validator=picker.check, api_name="flow", concurrency_id="model")

@@ -59,7 +59,7 @@ def flow_status(view: FlowView) -> str:
         line += f"  \n… Running {view.rollouts} rollout(s) at each of the {n} node(s)"
     elif view.exploration is not None:
         line += (f"  \nRollouts: {len(view.exploration.rollouts)} in {view.rollout_seconds:.1f}s "
-                 f"(explore re-runs the flow first, then plays every rollout out to its end).")
+                 f"(each branches off the flow above at its node and is played out to its end).")
     return line
 
 
@@ -97,7 +97,9 @@ def flow_chunks(view: FlowView) -> str:
     return "".join(parts)
 
 
-def _outcome(correct: bool) -> str:
+def _outcome(correct: bool, graded: bool = True) -> str:
+    if not graded:
+        return '<span class="fc-muted">not graded</span>'
     return '<span class="fc-ok">correct</span>' if correct else '<span class="fc-bad">incorrect</span>'
 
 
@@ -115,13 +117,17 @@ def rollouts_html(view: FlowView) -> str:
         return rollouts_placeholder()
     ex = view.exploration
     trace = ex.trace
+    graded = bool(view.problem.gold)  # without a gold answer nothing is graded, so no pair can form
     pairs = list(ex.pairs)
     n_answer = sum(p.role == "answer" for p in pairs)
     answer = "no final answer" if trace.extracted is None else f"answer {html.escape(trace.extracted)}"
     parts = [f'<div class="fc-summary"><b>{len(ex.rollouts)} rollout(s) over {len(trace.chunks)} node(s); '
              f'{len(pairs)} DPO pair(s): {n_answer} for the Answer LLM, {len(pairs) - n_answer} for the Stop LLM.</b> '
-             f'The original flow was {_outcome(trace.correct)} ({answer}).</div>']
-    if not pairs:
+             f'The original flow was {_outcome(trace.correct, graded)} ({answer}).</div>']
+    if not graded:
+        parts.append('<div class="fc-muted">No gold answer: nothing is graded, so no DPO pairs (a pair needs a '
+                     'correct and a wrong outcome). Give a gold answer to see pairs.</div>')
+    elif not pairs:
         parts.append('<div class="fc-muted">No DPO pairs: every rollout ended with the same correctness as '
                      'the original flow, and ties give no pair.</div>')
     for k, chunk in enumerate(trace.chunks):
@@ -133,7 +139,7 @@ def rollouts_html(view: FlowView) -> str:
             answer = "no final answer" if r.extracted is None else f"answer {html.escape(r.extracted)}"
             parts.append(
                 f'<div class="fc-rollout"><div class="fc-label">rollout {j}: ended by '
-                f'{html.escape(str(r.end_reason))}, {answer}, {_outcome(r.correct)}</div>'
+                f'{html.escape(str(r.end_reason))}, {answer}, {_outcome(r.correct, graded)}</div>'
                 f'<div class="fc-text">{_clip(r.chunk_text)}</div></div>')
         for p in node_pairs:
             who = "Answer LLM" if p.role == "answer" else "Stop LLM"

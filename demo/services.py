@@ -11,12 +11,11 @@ The zero-shot column is the same model with adapters disabled.
 
 The model is shared by every user; adapters are switched per call, so each
 model step runs under one lock (the Gradio queue also runs model events one
-at a time).
+at a time). Reading runs and result tables lives in ``files``.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import threading
 import time
@@ -30,16 +29,17 @@ from flowcore import adapters, data, models
 from flowcore.data import DataError, Problem
 from flowcore.eval.evaluate import LABELS, MODELS, ZERO_SHOT
 from flowcore.flow.engine import Chunk, FlowConfig, FlowEngine, FlowState, Trace
-from flowcore.online.plots import progressive_figure
-from flowcore.online.rollouts import explore
+from flowcore.online.rollouts import Exploration
 
-REPRODUCE_CMD = "python -m flowcore reproduce --preset cpu"
-TRAIN_CMD = "python -m flowcore train --model {model} --dataset gsm8k --examples 400 --out runs/NAME"
+from . import files
+from .explore import explore_flow
+from .files import REPRODUCE_CMD, TRAIN_CMD, Figure, find_adapter_dir, newest_flow_adapters
 
 SFT_SOURCES = {m: LABELS[m] for m in MODELS if m != ZERO_SHOT}  # source -> column label (FLOW-DPO.md Table 1)
 COLUMNS = {ZERO_SHOT: "0-shot (base model)", **SFT_SOURCES}
 
 PROBLEM_SETS = {"GSM8K test": ("gsm8k", "test"), "MATH test500": ("math", "test500")}
+CUT_MARK = " […] "  # stands for the middle of an over-long problem
 
 
 class InputError(ValueError):
@@ -55,7 +55,7 @@ class DemoConfig:
     results_root: str = "results"  # result tables at <results_root>/*/table.json
     runs_dir: str = "runs"  # online-DPO runs at <runs_dir>/<name>/ (issue 4)
     flow_adapters: str | None = None  # answer/ + stop/ dir; None: newest <runs_dir>/*/adapters, else untrained
-    max_question_tokens: int = 768  # longer problems are truncated (with a notice)
+    max_question_tokens: int = 768  # longer problems keep their start and end, the middle cut (with a notice)
     compare_chunk_size: int = 32  # Compare streams in chunks of this many tokens
     compare_max_tokens: int = 320  # default answer length in Compare
     rollout_temperature: float = 1.0  # sampling temperature of rollouts (random rollouts, paper section 2)
@@ -88,52 +88,15 @@ class FlowView:
     chunks: list[Chunk] = field(default_factory=list)
     phase: str = "flow"  # flow | rollouts | done
     trace: Trace | None = None
-    exploration: object | None = None  # flowcore.online.rollouts.Exploration
+    exploration: Exploration | None = None
     rollouts: int = 0
     message: str = ""  # e.g. why rollouts were not run
     seconds: float = 0.0  # the flow's own time
     rollout_seconds: float = 0.0
 
 
-@dataclass
-class Figure:
-    figure: object | None  # plotly Figure, or None with a message
-    message: str
-
-
-# ---------------------------------------------------------------- adapter files
-
 def console_log(msg: str) -> None:
     print(f"[flowcore app] {msg}", file=sys.stderr, flush=True)
-
-
-def find_adapter_dir(directory: Path) -> Path | None:
-    """A peft adapter directory: ``directory`` itself, or its only sub-folder with an adapter."""
-    if (directory / "adapter_config.json").is_file():
-        return directory
-    found = sorted(p.parent for p in directory.glob("*/adapter_config.json"))
-    return found[0] if len(found) == 1 else None
-
-
-def run_started(run_dir: Path) -> str:
-    """When a run began, as its ``config.json`` records it ("" if it does not).
-
-    Runs are ordered by this, not by file times: a fresh clone gives every
-    file the time of the checkout, so "newest by mtime" would be arbitrary.
-    """
-    try:
-        return str(json.loads((run_dir / "config.json").read_text()).get("started", ""))
-    except (OSError, ValueError, AttributeError):
-        return ""
-
-
-def newest_flow_adapters(runs_dir: Path) -> Path | None:
-    """The ``<runs_dir>/*/adapters`` of the latest-started run holding both answer/ and stop/ adapters."""
-    candidates = [
-        d for d in runs_dir.glob("*/adapters")
-        if all((d / role / "adapter_config.json").is_file() for role in adapters.ROLES)
-    ]
-    return max(candidates, key=lambda d: (run_started(d.parent), d.parent.name)) if candidates else None
 
 
 # ---------------------------------------------------------------- the service
@@ -237,21 +200,26 @@ class DemoService:
         return self._truncate(problem)
 
     def _truncate(self, problem: Problem) -> tuple[Problem, str]:
+        """Keep an over-long problem's start and end (the question is usually last); the middle becomes CUT_MARK."""
         ids = self.tok(problem.question, add_special_tokens=False).input_ids
         limit = self.cfg.max_question_tokens
         if len(ids) <= limit:
             return problem, ""
-        short = self.tok.decode(ids[:limit], skip_special_tokens=True).strip()
-        notice = (f"The problem is {len(ids)} tokens long; only its first {limit} tokens are used "
-                  f"(the rest was cut off).")
+        keep = max(2, limit - len(self.tok(CUT_MARK, add_special_tokens=False).input_ids))
+        head, tail = keep // 2, keep - keep // 2
+        short = (self.tok.decode(ids[:head], skip_special_tokens=True).rstrip() + CUT_MARK
+                 + self.tok.decode(ids[-tail:], skip_special_tokens=True).lstrip())
+        notice = (f"The problem is {len(ids)} tokens long, over the limit of {limit}: its first {head} and last "
+                  f"{tail} tokens are used and the middle was cut (marked {CUT_MARK.strip()}).")
         return dataclasses.replace(problem, question=short), notice
 
     # ------------------------------------------------------------ Compare
 
     def compare(self, problem: Problem, max_tokens: int) -> Iterator[list[Answer]]:
         """The four models answer, greedily, round-robin one chunk each; yields after every chunk."""
-        chunk = self.cfg.compare_chunk_size
-        max_tokens = max(chunk, int(max_tokens))
+        chunk, max_tokens = self.cfg.compare_chunk_size, max(1, int(max_tokens))
+        steps = -(-max_tokens // chunk)
+        last = max_tokens - (steps - 1) * chunk  # the last chunk is shorter: the answer stops at max_tokens
         answers, runs = [], []
         for key, label in COLUMNS.items():
             answer = Answer(key, label, gold=problem.gold)
@@ -262,15 +230,18 @@ class DemoService:
                                   f"Make it with: `{REPRODUCE_CMD}`")
                 continue
             # the single-model baseline loop (no Stop LLM); chunking is only scheduling
-            cfg = FlowConfig(chunk_size=chunk, max_steps=-(-max_tokens // chunk), temperature=0.0, use_stop=False,
+            cfg = FlowConfig(chunk_size=chunk, max_steps=steps, temperature=0.0, use_stop=False,
                              answer_role=self.sft_adapters.get(key), stop_role=None, batch_size=1)
-            runs.append((answer, FlowEngine(self.model, self.tok, cfg), FlowState(problem)))
+            engines = (FlowEngine(self.model, self.tok, cfg),
+                       FlowEngine(self.model, self.tok, dataclasses.replace(cfg, chunk_size=last)))
+            runs.append((answer, engines, FlowState(problem)))
         yield answers
         while any(not state.done for _, _, state in runs):
-            for answer, engine, state in runs:
+            for answer, engines, state in runs:
                 if state.done:
                     continue
                 answer.status = "running"
+                engine = engines[len(state.chunks) == steps - 1]
                 with self.lock:
                     engine.step([state])
                 answer.text = engine.completion(state)
@@ -286,7 +257,7 @@ class DemoService:
 
     def run_flow(self, problem: Problem, chunk_size: int, max_steps: int, rollouts: int,
                  temperature: float | None = None) -> Iterator[FlowView]:
-        """Run the Answer/Stop flow step by step, then the rollouts at each node."""
+        """Run the Answer/Stop flow step by step, then the rollouts at each node of that same flow."""
         cfg = FlowConfig(chunk_size=int(chunk_size), max_steps=int(max_steps), temperature=0.0)
         engine = FlowEngine(self.model, self.tok, cfg)
         state = FlowState(problem)
@@ -311,7 +282,7 @@ class DemoService:
         t1 = time.perf_counter()
         with self.lock:
             torch.manual_seed(cfg.seed)
-            view.exploration = explore(engine, [problem], rollouts=view.rollouts, temperature=temperature)[0]
+            view.exploration = explore_flow(engine, state, view.trace, view.rollouts, temperature)
         view.rollout_seconds = time.perf_counter() - t1
         view.phase = "done"
         yield view
@@ -319,37 +290,13 @@ class DemoService:
     # ------------------------------------------------------------ Training
 
     def runs(self) -> list[str]:
-        """Run folders under runs_dir: first the run whose adapters the Flow tab uses, then latest-started first
-        (an unfinished run without adapters can be the latest); a folder of runs (``runs/sweep``) is not a run."""
-        root = Path(self.cfg.runs_dir)
-        if not root.is_dir():
-            return []
-        dirs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-                and not any(d.glob("*/config.json"))]
-        in_use = self.flow_adapters.parent.resolve() if self.flow_adapters else None
-        return [d.name for d in sorted(dirs, key=lambda d: (d.resolve() == in_use, run_started(d), d.name),
-                                       reverse=True)]
+        """Run folders under runs_dir, the one whose adapters the Flow tab uses first (``files.list_runs``)."""
+        return files.list_runs(Path(self.cfg.runs_dir), self.flow_adapters)
 
     def progressive(self, run: str | None) -> Figure:
-        """The progressive-accuracy chart of a run (flowcore.online.plots), or why there is none."""
-        if not run:
-            return Figure(None, f"No online-DPO runs under `{self.cfg.runs_dir}/`. Make one with `{self.train_command}`.")
-        run_dir = Path(self.cfg.runs_dir) / run
-        if not run_dir.is_dir():
-            return Figure(None, f"`{run_dir}` does not exist. Make a run with `{self.train_command}`.")
-        try:
-            return Figure(progressive_figure(run_dir), "")
-        except FileNotFoundError as e:  # its message names the command that makes the file
-            return Figure(None, str(e))
-        except (KeyError, ValueError) as e:
-            return Figure(None, f"{run_dir}: the run's files are unreadable ({type(e).__name__}: {e}).")
+        """The progressive-accuracy chart of a run, or why there is none."""
+        return files.progressive(Path(self.cfg.runs_dir), run, self.train_command)
 
     def results_tables(self) -> list[tuple[Path, object]]:
         """(path, parsed table.json) for every ``<results_root>/*/table.json``, sorted by path."""
-        tables = []
-        for path in sorted(Path(self.cfg.results_root).glob("*/table.json")):
-            try:
-                tables.append((path, json.loads(path.read_text())))
-            except (OSError, ValueError) as e:
-                tables.append((path, e))
-        return tables
+        return files.results_tables(Path(self.cfg.results_root))

@@ -29,11 +29,12 @@ def build(service: DemoService) -> None:
             fig = service.progressive(name)
             return render.app_figure(fig.figure), render.notice(fig.message)
 
-        def reload_files():
-            names = service.runs()
-            return (gr.Dropdown(choices=names, value=names[0] if names else None),
+        def reload_files(selected):
+            names = service.runs()  # runs may have been added or removed: keep the user's choice if it is still there
+            value = selected if selected in names else (names[0] if names else None)
+            return (gr.Dropdown(choices=names, value=value),
                     render.results_tables(service.results_tables(), service.cfg.results_root))
 
         run.change(progressive, run, [plot, message], api_name="progressive", concurrency_limit=4)
-        refresh.click(reload_files, None, [run, ours], api_name="reload_files", concurrency_limit=4).then(
+        refresh.click(reload_files, run, [run, ours], api_name="reload_files", concurrency_limit=4).then(
             progressive, run, [plot, message], api_visibility="private")

@@ -1,4 +1,9 @@
-"""Assemble the app from the tabs; the look (theme, CSS) is passed to ``launch`` (Gradio 6)."""
+"""Assemble the app from the tabs; the look (theme, CSS) is passed to ``launch`` (Gradio 6).
+
+The Compare cards (``.fc-cards``) are at least 220 px wide and wrap: four in a
+row on a wide screen, two by two, or one under the other on a phone; a formula
+wider than its card scrolls sideways inside it.
+"""
 from __future__ import annotations
 
 import gradio as gr
@@ -9,8 +14,11 @@ from .services import DemoService
 TITLE = "flowcore: Flow-DPO"
 
 CSS = """
-.fc-column { border-radius: 8px; }
+.fc-cards { flex-wrap: wrap; }
+.fc-cards > .fc-column { flex: 1 1 220px; min-width: min(220px, 100%); border-radius: 8px; }
 .fc-column code { white-space: pre-wrap; overflow-wrap: anywhere; }
+.fc-column .prose { overflow-x: auto; overflow-wrap: break-word; }
+.fc-column .katex-display { overflow-x: auto; overflow-y: hidden; max-width: 100%; padding: 2px 0; }
 .fc-flow { display: flex; flex-direction: column; gap: 8px; }
 .fc-chunk, .fc-node { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 12px;
   background: var(--background-fill-secondary); }

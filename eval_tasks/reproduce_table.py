@@ -18,11 +18,16 @@ row. ``--out`` also makes the run resumable and splittable: rows already in the
 file (made with the same settings) are kept, not rerun, so a killed run
 continues where it stopped, and two processes with disjoint ``--rows`` can fill
 one file (on a 2-core CPU, one thread each).
+
+Provenance: the file records the git commit and start time of its first
+writer, each row the commit, command and finish time of the run that made it.
+lm-eval's per-sample logs (problem id, prompt, completion, exact_match,
+has_answer) go next to the table: ``<out stem>-samples/<row>/<task>.jsonl``,
+named in the row's ``samples``.
 """
 from __future__ import annotations
 
 import argparse
-from flowcore.cli import HelpFormatter
 import fcntl
 import json
 import sys
@@ -42,6 +47,7 @@ ROWS = [  # (label, sub-directory of --sft-dir; None = the base model)
     ("SFT flow-generated", "flow_generated"),
 ]
 KEYS = [sub or "zero_shot" for _, sub in ROWS]  # --rows names (the same as `reproduce --rows`)
+PROVENANCE = ("started", "git_commit")  # of the table file's first writer (each row records its own commit)
 
 
 def settings(args, tasks: list[str]) -> dict:
@@ -57,15 +63,40 @@ def shown(path) -> str:
 
 
 def save_row(out: Path, head: dict, row: dict) -> None:
-    """Add ``row`` to the JSON table at ``out`` (under a lock: another process may be writing its rows)."""
+    """Add ``row`` to the JSON table at ``out`` (under a lock: another process may be writing its rows).
+
+    ``head``: the settings and this run's provenance; a file that exists keeps the provenance it has.
+    """
     from flowcore import results
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(out.suffix + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        rows = {r["label"]: r for r in (json.loads(out.read_text())["rows"] if out.is_file() else [])}
+        old = json.loads(out.read_text()) if out.is_file() else head
+        rows = {r["label"]: r for r in old.get("rows", [])}
         rows[row["label"]] = row
-        results.write_json_atomic(out, {**head, "rows": [rows[label] for label, _ in ROWS if label in rows]})
+        results.write_json_atomic(out, {**head, **{k: old.get(k) for k in PROVENANCE},
+                                        "rows": [rows[label] for label, _ in ROWS if label in rows]})
+
+
+def save_samples(out: Path, key: str, samples: dict[str, list[dict]]) -> dict[str, str]:
+    """Write each task's per-sample log next to the table; ``{task: path relative to the table's folder}``."""
+    from flowcore import results
+
+    paths = {}
+    for task, rows in samples.items():
+        path = out.parent / f"{out.stem}-samples" / key / f"{task}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        results.write_jsonl_atomic(path, rows)
+        paths[task] = str(path.relative_to(out.parent))
+    return paths
+
+
+def sample_record(s: dict) -> dict:
+    """One problem of lm-eval's ``log_samples`` output, as the per-sample file keeps it."""
+    return {"doc_id": s["doc_id"], "problem_id": s["doc"]["id"], "dataset": s["doc"]["dataset"],
+            "gold": s["doc"]["gold"], "prompt": s["arguments"][0][0], "completion": s["resps"][0][0],
+            "exact_match": s["exact_match"], "has_answer": s["has_answer"]}
 
 
 def adapter_problem(path: Path) -> str | None:
@@ -77,7 +108,9 @@ def adapter_problem(path: Path) -> str | None:
     return None
 
 
-def evaluate_row(model_dir: str, adapter: Path | None, tasks: list[str], args, task_manager) -> dict:
+def evaluate_row(model_dir: str, adapter: Path | None, tasks: list[str], args,
+                 task_manager) -> tuple[dict, dict[str, list[dict]]]:
+    """(scores per task, per-sample records per task) of one model."""
     import lm_eval
 
     model_args = {"pretrained": model_dir, "dtype": args.dtype}
@@ -87,16 +120,17 @@ def evaluate_row(model_dir: str, adapter: Path | None, tasks: list[str], args, t
     out = lm_eval.simple_evaluate(
         model="hf", model_args=model_args, tasks=tasks, limit=args.limit, batch_size=args.batch_size,
         device=args.device,
-        apply_chat_template=True, gen_kwargs=gen_kwargs, task_manager=task_manager, log_samples=False,
+        apply_chat_template=True, gen_kwargs=gen_kwargs, task_manager=task_manager, log_samples=True,
     )
-    row = {}
+    scores, samples = {}, {}
     for task in tasks:
         r = out["results"][task]
-        row[task] = {
+        scores[task] = {
             "accuracy": r["exact_match,none"], "stderr": r["exact_match_stderr,none"],
             "has_answer": r["has_answer,none"], "n": out["n-samples"][task]["effective"],
         }
-    return row
+        samples[task] = sorted((sample_record(s) for s in out["samples"][task]), key=lambda s: s["doc_id"])
+    return scores, samples
 
 
 def fmt_cell(cell: dict) -> str:
@@ -116,7 +150,8 @@ def table(rows: list[dict], tasks: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flowcore import models
+    from flowcore import models, results
+    from flowcore.cli import HelpFormatter
 
     p = argparse.ArgumentParser(prog="eval_tasks/reproduce_table.py", description=__doc__,
                                 formatter_class=HelpFormatter)
@@ -159,14 +194,15 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
 
-    head = settings(args, tasks)
     command = " ".join(["python", "eval_tasks/reproduce_table.py", *(sys.argv[1:] if argv is None else argv)])
+    made = results.provenance(settings(args, tasks), command)
+    head = {**made["settings"], **{k: made[k] for k in PROVENANCE}}
     out = Path(args.out) if args.out else None
     done = {}
     if out is not None and out.is_file():
         old = json.loads(out.read_text())
-        made_with = {k: old.get(k) for k in head}
-        if made_with != head:
+        made_with = {k: old.get(k) for k in made["settings"]}
+        if made_with != made["settings"]:
             print(f"error: {out} was made with other settings ({made_with}); use another --out", file=sys.stderr)
             return 1
         done = {r["label"]: r for r in old["rows"] if "scores" in r}
@@ -188,9 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"[reproduce_table] {label}: {model_dir}" + (f" + {adapter}" if adapter else ""), file=sys.stderr)
             t0 = time.time()
-            scores = evaluate_row(model_dir, adapter, tasks, args, task_manager)
+            scores, samples = evaluate_row(model_dir, adapter, tasks, args, task_manager)
             row = {"label": label, "adapter": shown(adapter) if adapter else None, "scores": scores,
-                   "seconds": round(time.time() - t0, 1), "command": command,
+                   "samples": save_samples(out, key, samples) if out is not None else None,
+                   "seconds": round(time.time() - t0, 1), "command": command, "git_commit": made["git_commit"],
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         rows.append(row)
         if out is not None:

@@ -50,7 +50,6 @@ from dataclasses import dataclass
 TIME_LIMIT = 5.0  # seconds per math equivalence check (read at each check)
 WORKERS = 4  # math checks running at once, one worker subprocess each
 START_LIMIT = 120.0  # seconds a new worker may take to import sympy and math-verify
-DATASETS = ("gsm8k", "math")
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANCHOR = re.compile(
@@ -278,6 +277,9 @@ def _math_grade(extracted: str, gold: str) -> Grade:
 # ---------------------------------------------------------------- public
 
 def grade(completion: str, gold: str, dataset: str) -> Grade:
+    # imported here, not at the top: the grading worker runs this file as a script, without flowcore on its path
+    from flowcore.data import DATASETS
+
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, not {dataset!r}")
     extracted = extract_answer(completion)

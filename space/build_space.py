@@ -12,7 +12,6 @@ Upload the folder with ``hf upload USER/SPACE_NAME DIR . --repo-type space``.
 from __future__ import annotations
 
 import argparse
-from flowcore.cli import HelpFormatter
 import shutil
 import sys
 from pathlib import Path
@@ -65,7 +64,7 @@ def _size(path: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(SPACE / "build"), help="folder to write (replaced; default space/build)")
     p.add_argument("--no-results", action="store_true", help="code only: leave out runs/ and results/ files")
     args = p.parse_args(argv)

@@ -97,14 +97,49 @@ def test_empty_problem_gives_the_error_message(served):
             client.predict("GSM8K test", 0, "   ", "13", *extra, api_name=endpoint)
 
 
-def test_over_long_problem_is_truncated_with_a_notice(served):
+def test_over_long_problem_keeps_its_start_and_end_with_a_notice(served):
+    """The question usually comes last: an over-long problem loses its middle, not its end (issue 22, item 16)."""
     client, service, _ = served
-    question = "Janet has 16 eggs and eats 3 of them every morning. " * 40
+    question = "Janet has 16 eggs and eats 3 of them every morning. " * 40 + "How many eggs are left after a week?"
     n = len(service.tok(question.strip(), add_special_tokens=False).input_ids)
+    problem, notice = service.problem("GSM8K test", 0, question, "")
+    assert problem.question.startswith("Janet has 16 eggs")
+    assert problem.question.endswith("How many eggs are left after a week?") and "[…]" in problem.question
+    assert len(service.tok(problem.question, add_special_tokens=False).input_ids) <= 64
+    assert f"The problem is {n} tokens long" in notice and "the middle was cut" in notice
     note, *_ = client.predict("GSM8K test", 0, question, "", 8, api_name="/compare")
-    assert f"The problem is {n} tokens long; only its first 64 tokens are used" in note
+    assert note == "⚠️ " + notice
     status, chunks, _ = client.predict("GSM8K test", 0, question, "", 8, 1, 0, 1.0, api_name="/flow")
-    assert "only its first 64 tokens are used" in status and "chunk 1" in chunks
+    assert notice in status and "chunk 1" in chunks
+
+
+def test_compare_answers_are_as_long_as_asked(served):
+    """A length that is not a multiple of the chunk size is the length used (issue 22, item 13)."""
+    client, service, _ = served
+    for length in (5, 12):  # below one chunk (8) and between chunks
+        problem = data.custom_problem("Janet has 16 eggs and eats 3. How many are left?", "13", "gsm8k")
+        *_, answers = service.compare(problem, length)
+        for a in answers:
+            if a.status == "done":
+                assert a.n_tokens == length if a.end_reason == "max_steps" else a.n_tokens < length, (length, a)
+        assert answers[0].end_reason == "max_steps"  # the tiny model does not end its answer this early
+    _, zero, *_ = client.predict("GSM8K test", 0, "What is 2 + 2?", "", 12, api_name="/compare")
+    assert "12 tokens, stopped at the token limit" in zero
+
+
+def test_empty_problem_is_one_log_line_without_traceback(served, capfd, monkeypatch):
+    """A user's mistake is not a server error: one log line, no traceback (issue 22, item 17)."""
+    client, service, _ = served
+    logged = []
+    monkeypatch.setattr(service, "log", logged.append)
+    for endpoint, extra in (("/compare", [32]), ("/flow", [8, 2, 0, 1.0])):
+        with pytest.raises(Exception, match="The problem is empty"):
+            client.predict("GSM8K test", 0, "   ", "13", *extra, api_name=endpoint)
+    with pytest.raises(Exception, match="there is no number 500"):
+        client.predict("MATH test500", 500, api_name="/flow_load_problem")
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert len(logged) == 3 and all("\n" not in m and "user error" in m for m in logged), logged
 
 
 def test_flow_streams_chunks_with_p_yes(served):
@@ -135,6 +170,43 @@ def test_flow_rollouts_and_pairs(served):
     assert "DPO pair for the" in rollouts or "No DPO pairs" in rollouts
 
 
+def test_flow_rollouts_explore_the_flow_on_screen(served, monkeypatch):
+    """The pairs come from the flow the user watched: the flow runs once, not again inside explore (item 14)."""
+    _, service, _ = served
+    starts = []  # Answer calls that begin a flow from the bare prompt (not a rollout: those pass `avoid`)
+    generate_chunks = FlowEngine.generate_chunks
+
+    def spy(self, states, avoid=None, temperature=None):
+        starts.extend(1 for s in states if not s.chunks and avoid is None)
+        return generate_chunks(self, states, avoid=avoid, temperature=temperature)
+
+    monkeypatch.setattr(FlowEngine, "generate_chunks", spy)
+    problem = data.custom_problem("Janet has 16 eggs and eats 3. How many are left?", "13", "gsm8k")
+    *_, view = service.run_flow(problem, 8, 2, 1, 1.0)
+    assert len(starts) == 1
+    assert view.exploration.trace == view.trace
+    assert [c["text"] for c in view.exploration.trace.chunks] == [c.text for c in view.chunks]
+    assert len(view.exploration.rollouts) == len(view.chunks)
+
+
+def test_flow_without_gold_is_not_graded(served):
+    client, _, _ = served
+    status, _, rollouts = client.predict("GSM8K test", 0, "What is 2 + 2?", "", 8, 2, 1, 1.0, api_name="/flow")
+    assert "**not graded** (no gold answer)" in status
+    assert "not graded" in rollouts and "incorrect" not in rollouts and ">correct<" not in rollouts
+
+
+def test_reload_files_keeps_the_selected_run(served):
+    """Reloading lists new runs but keeps the user's choice (issue 22, item 15)."""
+    client, service, root = served
+    (root / "runs" / "zz-new-run").mkdir()  # sorts first among runs without a start date
+    try:
+        run, _ = client.predict("empty-run", api_name="/reload_files")
+        assert "zz-new-run" in {c[0] for c in run["choices"]} and run["value"] == "empty-run"
+    finally:
+        (root / "runs" / "zz-new-run").rmdir()
+
+
 def test_concurrent_users_are_queued(served):
     client, _, _ = served
     jobs = [client.submit("GSM8K test", 0, f"What is {i} + {i}?", str(2 * i), 16, api_name="/compare")
@@ -157,7 +229,7 @@ def test_training_tab_messages_and_tables(served):
     assert plot["data"][0]["y"] == [0.0, 50.0, pytest.approx(200 / 3), 75.0]
     fig, message = client.predict(None, api_name="/progressive")
     assert fig is None and "No online-DPO runs" in message and "python -m flowcore train" in message
-    run, table = client.predict(api_name="/reload_files")
+    run, table = client.predict(None, api_name="/reload_files")
     assert {c[0] for c in run["choices"]} == {"empty-run", "tiny-run"} and run["value"] == run["choices"][0][0]
     assert "tiny-test-row" in table and "12.5" in table and "table.json" in table
 

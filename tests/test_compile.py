@@ -12,7 +12,7 @@ import tinyflow
 from flowcore.compile import sft as sft_mod
 from flowcore import data, grading
 from flowcore.eval import evaluate
-from flowcore.compile import reproduce, traces
+from flowcore.compile import pipeline, presets, reproduce, traces
 from flowcore.compile.sft import CompileConfig
 from flowcore.eval.evaluate import EvalSet
 from flowcore.flow.engine import FlowConfig
@@ -37,7 +37,11 @@ def test_every_gsm8k_train_ground_truth_grades_correct():
     records = traces.ground_truth_records(problems)
     wrong = [r["problem_id"] for r in records if not r["correct"]]
     assert not wrong, f"{len(wrong)} of {len(records)} ground-truth traces grade wrong: {wrong[:5]}"
-    assert not any(re.search(r"<<[^<>]*>>", r["completion"]) for r in records)
+    for p, r in zip(problems, records):
+        # no calculator notes, no "####" line: the explicit final-answer sentence the Answer prompt asks for
+        assert not re.search(r"<<|>>|####", r["completion"]), r["problem_id"]
+        assert r["completion"].endswith(f"\nThe final answer is \\boxed{{{p.gold}}}."), r["problem_id"]
+        assert r["extracted"] == p.gold
 
 
 def test_math_ground_truth_is_the_solution_and_grades_correct():
@@ -137,15 +141,29 @@ def test_sft_killed_midway_resumes_to_the_same_adapter(tiny_tokenizer, tmp_path,
         real_append(path, records)
 
     monkeypatch.setattr(sft_mod.results, "append_jsonl", dies_on_third_step)
+    monkeypatch.setattr(sft_mod.results, "git_commit", lambda: "first-commit")
     with pytest.raises(KeyboardInterrupt):
         sft_mod.sft(build_tiny_model(tok), tok, "x", _rows(), cfg, tmp_path / "resumed")
     assert (tmp_path / "resumed.partial" / "checkpoint.pt").is_file()
+    # the start is recorded when training starts, not when it ends
+    first = json.loads((tmp_path / "resumed.partial" / "sft.json").read_text())
+    assert first["git_commit"] == "first-commit" and first["runtime"]["dtype"] == "torch.float32"
     monkeypatch.setattr(sft_mod.results, "append_jsonl", real_append)
+    monkeypatch.setattr(sft_mod.results, "git_commit", lambda: "second-commit")
+    # the checkpoint's numbers are fp32's: another dtype does not continue them
+    with pytest.raises(ValueError, match="started in torch.float32.*--dtype float32"):
+        sft_mod.sft(build_tiny_model(tok).to(torch.bfloat16), tok, "x", _rows(), cfg, tmp_path / "resumed")
     resumed = sft_mod.sft(build_tiny_model(tok), tok, "x", _rows(), cfg, tmp_path / "resumed")
     for a, b in zip(expected, _lora_weights(resumed, "x")):
         torch.testing.assert_close(a, b)
     steps = [json.loads(x)["step"] for x in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+    # sft.json keeps the first start (time and commit); the resume is listed with its own commit
+    meta = json.loads((tmp_path / "resumed" / "sft.json").read_text())
+    assert (meta["started"], meta["git_commit"]) == (first["started"], "first-commit")
+    assert [r["git_commit"] for r in meta["resumes"]] == ["second-commit"]
+    assert meta["resumes"][0]["from_step"] == 2 and meta["runtime"]["dtype"] == "torch.float32"
+    assert meta["started"] <= meta["resumes"][0]["started"] <= meta["finished"]
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -154,9 +172,9 @@ def test_sft_killed_midway_resumes_to_the_same_adapter(tiny_tokenizer, tmp_path,
 def test_tiny_pipeline_end_to_end(tmp_path, one_thread, capsys):
     problems = str(tinyflow.write_problems(tmp_path / "problems.jsonl", 12))
     flow = FlowConfig(chunk_size=8, max_steps=4, stop_threshold=1.0, batch_size=4)
-    cfg = reproduce.ReproduceConfig(
+    cfg = presets.ReproduceConfig(
         preset="test", out=str(tmp_path / "results"), model=tinyflow.taught_dir(),
-        prompt_sets=[reproduce.PromptSet("gsm8k", 10, data_file=problems)],
+        prompt_sets=[presets.PromptSet("gsm8k", 10, data_file=problems)],
         samples=2, sample_temperature=0.7, flow=flow,
         dpo_run=str(tmp_path / "run"),
         dpo_args={"dataset": "gsm8k", "data_file": problems, "examples": 4, "chunk_size": 8, "max_steps": 4,
@@ -164,19 +182,19 @@ def test_tiny_pipeline_end_to_end(tmp_path, one_thread, capsys):
         eval_sets=[EvalSet("gsm8k", "custom", 8, data_file=problems), EvalSet("gsm8k", "custom", 4, data_file=problems)],
         compile=CompileConfig(batch_size=4, micro_batch=2, epochs=1, lora_r=4, lora_alpha=4),
     )
-    pipe = reproduce.Pipeline(cfg, "python -m flowcore reproduce --preset test", dtype="float32")
-    pipe.run(reproduce.STAGES[:-2])
+    pipe = pipeline.Pipeline(cfg, "python -m flowcore reproduce --preset test", dtype="float32")
+    pipe.run(pipeline.STAGES[:-2])
     out = tmp_path / "results"
     # stage eval split between two processes: each writes only its rows and sets; the full run fills in the rest
-    reproduce.Pipeline(cfg, "x", eval_rows=("zero_shot", "flow_generated"), eval_sets=("gsm8k-problems-first4",),
+    pipeline.Pipeline(cfg, "x", eval_rows=("zero_shot", "flow_generated"), eval_sets=("gsm8k-problems-first4",),
                        dtype="float32").eval()
     made = sorted(str(p.relative_to(out / "eval")) for p in (out / "eval").rglob("*.jsonl"))
     assert made == ["flow_generated/gsm8k-problems-first4.jsonl", "zero_shot/gsm8k-problems-first4.jsonl"]
     meta = json.loads((out / "eval" / "zero_shot" / "gsm8k-problems-first4.meta.json").read_text())
     assert meta["runtime"]["dtype"] == "torch.float32" and meta["runtime"]["threads"] == 1
     # a file started in one dtype is not continued in another (its records would mix two models' numerics)
-    with pytest.raises(reproduce.ReproduceError, match="started in torch.float32.*--dtype float32"):
-        reproduce.Pipeline(cfg, "x", eval_rows=("zero_shot",), eval_sets=("gsm8k-problems-first4",),
+    with pytest.raises(pipeline.ReproduceError, match="started in torch.float32.*--dtype float32"):
+        pipeline.Pipeline(cfg, "x", eval_rows=("zero_shot",), eval_sets=("gsm8k-problems-first4",),
                            dtype="bfloat16").eval()
     pipe.run(("eval", "table"))
     selection = json.loads((out / "sft_data" / "selection.json").read_text())
@@ -190,6 +208,14 @@ def test_tiny_pipeline_end_to_end(tmp_path, one_thread, capsys):
     assert [r["model"] for r in tab["rows"]] == ["0-shot", "SFT ground truth", "SFT self-generated",
                                                   "SFT Flow-generated"]
     assert tab["command"] == "python -m flowcore reproduce --preset test"
+    # every model-made file records its dtype, and the table says which it was made of
+    made = {f"traces/{s}": out / "traces" / f"{s}.meta.json" for s in ("self_generated", "flow_generated")}
+    made |= {f"sft/{s}": out / "sft" / s / "sft.json" for s in traces.SOURCES}
+    made |= {f"eval/{r}/{es.name}": out / "eval" / r / f"{es.name}.meta.json" for r in evaluate.MODELS
+             for es in cfg.eval_sets}
+    assert {k: json.loads(p.read_text())["runtime"]["dtype"] for k, p in made.items()} == tab["dtypes"]
+    assert set(tab["dtypes"].values()) == {"torch.float32"} and tab["dtype"] == "torch.float32"
+    assert "dtype torch.float32" in (out / "table.md").read_text()
     for name in ("gsm8k-problems-first8", "gsm8k-problems-first4"):
         for row in evaluate.MODELS:
             recs = [json.loads(x) for x in (out / "eval" / row / f"{name}.jsonl").read_text().splitlines()]
@@ -206,8 +232,8 @@ def test_tiny_pipeline_end_to_end(tmp_path, one_thread, capsys):
     pipe.run(("traces", "sft", "eval"))
     assert before == {p: p.read_text() for p in (out / "eval").rglob("*.jsonl")}
     cfg.samples = 3
-    with pytest.raises(reproduce.ReproduceError, match="other settings"):
-        reproduce.Pipeline(cfg, "x").run()
+    with pytest.raises(pipeline.ReproduceError, match="other settings"):
+        pipeline.Pipeline(cfg, "x").run()
 
 
 def test_reproduce_cli_rejects_unknown_stage_row_or_set(capsys):
@@ -227,11 +253,20 @@ def test_traces_refuse_an_unfinished_online_dpo_run(tmp_path, one_thread):
         (run / "adapters" / role).mkdir(parents=True)
         (run / "adapters" / role / "adapter_config.json").write_text("{}")
     (run / "progress.jsonl").write_text(json.dumps({"index": 0}) + "\n")
-    cfg = reproduce.ReproduceConfig(
+    cfg = presets.ReproduceConfig(
         preset="test", out=str(tmp_path / "results"), model=tinyflow.taught_dir(),
-        prompt_sets=[reproduce.PromptSet("gsm8k", 4, data_file=problems)],
+        prompt_sets=[presets.PromptSet("gsm8k", 4, data_file=problems)],
         flow=FlowConfig(chunk_size=8, max_steps=2, batch_size=4), dpo_run=str(run), dpo_args={"examples": 4})
-    with pytest.raises(reproduce.ReproduceError, match=r"not finished \(1/4 examples\)"):
-        reproduce.Pipeline(cfg, "x").run(("traces",))
+    with pytest.raises(pipeline.ReproduceError, match=r"not finished \(1/4 examples\)"):
+        pipeline.Pipeline(cfg, "x").run(("traces",))
     # the base model's samples come first and are kept
     assert len((tmp_path / "results" / "traces" / "self_generated.jsonl").read_text().splitlines()) == 4
+
+
+def test_compile_modules_stay_readable_in_one_sitting():
+    """STYLE.md: one module, one job; the reproduce CLI, its presets and its stages are separate modules."""
+    from pathlib import Path
+
+    sizes = {p.name: len(p.read_text().splitlines()) for p in Path(traces.__file__).parent.glob("*.py")}
+    assert {"reproduce.py", "presets.py", "pipeline.py"} <= set(sizes)
+    assert max(sizes.values()) <= 300, sizes

@@ -70,3 +70,16 @@ def test_bad_names_are_refused():
 def test_empty_custom_problem_is_refused():
     with pytest.raises(data.DataError, match="empty"):
         data.custom_problem("   ")
+
+
+def test_datafiles_readme_sha256_match_the_files():
+    """Every ``- <file> <sha256>`` line of flowcore/datafiles/README.md names a shipped file with that hash,
+    and every shipped .jsonl has such a line."""
+    import hashlib
+    import re
+
+    listed = dict(re.findall(r"^- (\S+\.jsonl) ([0-9a-f]{64})$", (data.DATA_DIR / "README.md").read_text(), re.M))
+    shipped = {str(p.relative_to(data.DATA_DIR)) for p in data.DATA_DIR.rglob("*.jsonl")}
+    assert set(listed) == shipped
+    wrong = {f: h for f, h in listed.items() if hashlib.sha256((data.DATA_DIR / f).read_bytes()).hexdigest() != h}
+    assert not wrong, f"README sha256 differs from the file: {sorted(wrong)}"

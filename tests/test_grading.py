@@ -1,4 +1,5 @@
 """The one grading module: gold solutions grade as correct; an equivalence table; threads."""
+import re
 import threading
 import time
 
@@ -149,3 +150,15 @@ def test_a_math_check_past_the_time_limit_is_reported_and_frees_its_worker(monke
 def test_unknown_dataset_is_refused():
     with pytest.raises(ValueError):
         grading.is_correct("\\boxed{1}", "1", "aime")
+
+
+def test_the_dataset_names_are_defined_once():
+    """``flowcore.data.DATASETS`` is the one list of dataset names; the grader refuses the others by it."""
+    from pathlib import Path
+
+    root = Path(data.__file__).parent
+    defined = [str(p.relative_to(root)) for p in sorted(root.rglob("*.py"))
+               if re.search(r"^DATASETS\s*=", p.read_text(), re.M)]
+    assert defined == ["data.py"]
+    with pytest.raises(ValueError, match=r"gsm8k.*math.*'aime'"):
+        grading.grade("\\boxed{1}", "1", "aime")

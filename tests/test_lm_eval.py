@@ -133,6 +133,15 @@ def test_tasks_load_through_task_manager(task_manager):
         assert [m["metric"] for m in task.config.metric_list] == ["exact_match", "has_answer"]
 
 
+def test_both_tasks_share_one_hooks_module(task_manager):
+    """One utils.py and one YAML template serve both tasks; each task's YAML names only its dataset."""
+    assert [str(p.relative_to(TASKS_DIR)) for p in TASKS_DIR.rglob("utils.py")] == ["flow_tasks/utils.py"]
+    loaded = task_manager.load(list(TASKS))["tasks"]
+    for name, (dataset, split) in TASKS.items():
+        assert loaded[name].config.dataset_kwargs == {"dataset": dataset}
+        assert loaded[name].config.test_split == split
+
+
 def test_data_source_is_checked():
     with pytest.raises(data.DataError, match="source"):
         lm_eval_tasks.load_dataset("gsm8k", source="elsewhere")
@@ -305,6 +314,15 @@ def test_cli_runs_flow_model_from_any_directory(memorised, tmp_path):
 # ---------------------------------------------------------------- the table script
 
 
+def test_reproduce_table_runs_as_a_script_from_any_directory(tmp_path):
+    """`python eval_tasks/reproduce_table.py` as the README says: flowcore is found from the script's location."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(TASKS_DIR / "reproduce_table.py"), "--help"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--rows" in proc.stdout and "(default: flow_gsm8k,flow_math)" in proc.stdout
+
+
 def test_reproduce_table_with_real_lora_adapters(memorised, tmp_path, capsys, monkeypatch):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -349,6 +367,22 @@ def test_reproduce_table_with_real_lora_adapters(memorised, tmp_path, capsys, mo
     for row in (gt, sg):
         assert row["scores"]["flow_math"]["n"] == 2 and 0 <= row["scores"]["flow_math"]["accuracy"] <= 1
     assert "| 0-shot base | 50.0 ± 50.0" in text.out and "| SFT flow-generated | missing" in text.out
+    # provenance: the commit of the file's first writer, and of each row's run
+    from flowcore import results
+
+    assert table["git_commit"] == results.git_commit() and table["started"]
+    # lm-eval's per-sample logs, next to the table: one line per problem, agreeing with the row's scores
+    for key, row in zip(reproduce_table.KEYS, (base, gt, sg)):
+        assert row["git_commit"] == results.git_commit()
+        for task, (dataset, _) in TASKS.items():
+            assert row["samples"][task] == f"table-samples/{key}/{task}.jsonl"
+            samples = read_jsonl(out.parent / row["samples"][task])
+            assert [s["problem_id"] for s in samples] == [p.id for p in data.load(*TASKS[task], limit=2)]
+            assert all(s["dataset"] == dataset and s["prompt"].endswith("assistant\n") for s in samples)
+            assert sum(s["exact_match"] for s in samples) / 2 == row["scores"][task]["accuracy"]
+            assert sum(s["has_answer"] for s in samples) / 2 == row["scores"][task]["has_answer"]
+    assert [r["completion"] for r in read_jsonl(out.parent / base["samples"]["flow_gsm8k"])][0].startswith("\\boxed")
+    assert "samples" not in fg
 
 
 # ---------------------------------------------------------------- an SFT adapter from flowcore.compile.sft

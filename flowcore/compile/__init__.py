@@ -1,4 +1,4 @@
 """Compile (FLOW-DPO.md section 3): traces from three sources -> SFT of the base model -> the paper's table.
 
 Data path: ``traces`` (ground truth, self-generated, Flow-generated) -> ``sft`` (LoRA SFT) ->
-``reproduce`` (the preset pipeline, ``python -m flowcore reproduce``)."""
+``reproduce`` (``python -m flowcore reproduce``: the ``presets`` run through the ``pipeline``'s stages)."""

@@ -13,10 +13,17 @@ scheduler state, step) is replaced atomically every ``checkpoint_every``
 steps; example order and dropout are seeded per epoch and step, so a killed
 run continues where it stopped. When training ends the peft adapter is
 written and ``<out>.partial`` becomes ``<out>`` (``adapter_config.json``,
-``adapter_model.safetensors``, ``sft.json`` with provenance, ``log.jsonl``).
+``adapter_model.safetensors``, ``sft.json``, ``log.jsonl``).
+
+``sft.json`` is written when training starts: command, settings, start time,
+git commit and runtime (dtype, threads, versions) of the first start. A resume
+keeps them, is listed under ``resumes`` (time, commit, step), and is refused
+with other settings or another dtype (the checkpoint's numbers would mix);
+the end adds ``summary`` and ``finished``.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -92,6 +99,20 @@ def step_batches(n: int, cfg: CompileConfig) -> list[list[int]]:
     return steps
 
 
+def start_meta(path: Path, model, settings: dict, command: str) -> dict:
+    """``sft.json`` as this start finds it: the first start's (checked against ``settings`` and the model's
+    dtype), or a new one."""
+    runtime = results.runtime(model)
+    if not path.is_file():
+        return {**results.provenance(settings, command), "runtime": runtime}
+    meta = json.loads(path.read_text())
+    if meta["settings"] != json.loads(json.dumps(settings)):
+        raise ValueError(f"{path.parent} was started with other settings "
+                         f"{results.settings_diff(meta['settings'], settings)} (old, new); remove it to start over")
+    results.check_dtype(path.parent, meta["runtime"]["dtype"], runtime["dtype"])
+    return meta
+
+
 def sft(model, tok, name: str, rows: list[dict], cfg: CompileConfig, out: str | Path,
         settings: dict | None = None, command: str = ""):
     """Train adapter ``name`` on ``rows`` ({"question", "completion"}) into the peft directory ``out``.
@@ -108,6 +129,9 @@ def sft(model, tok, name: str, rows: list[dict], cfg: CompileConfig, out: str | 
     out = Path(out)
     work = out.with_name(out.name + ".partial")
     work.mkdir(parents=True, exist_ok=True)
+    resumed = (work / META).is_file()
+    meta = start_meta(work / META, model, {**(settings or {}), "adapter": name, "compile": asdict(cfg),
+                                           "examples": len(rows)}, command)
 
     torch.manual_seed(cfg.seed)  # the same LoRA init for every source
     model = add_adapter(model, name, cfg.lora())
@@ -129,6 +153,11 @@ def sft(model, tok, name: str, rows: list[dict], cfg: CompileConfig, out: str | 
         opt.load_state_dict(blob["optimizer"])
         sched.load_state_dict(blob["scheduler"])
         start, elapsed = blob["step"], blob["elapsed"]
+    if resumed:
+        now = results.provenance({}, command)
+        meta.setdefault("resumes", []).append({"started": now["started"], "git_commit": now["git_commit"],
+                                               "command": command, "from_step": start})
+    results.write_json_atomic(work / META, meta)
     log = work / LOG
     log.touch()
     results.write_jsonl_atomic(log, [r for r in results.read_jsonl(log) if r["step"] <= start])
@@ -174,12 +203,11 @@ def sft(model, tok, name: str, rows: list[dict], cfg: CompileConfig, out: str | 
         os.replace(f, work / f.name)
     shutil.rmtree(export)
     (work / CHECKPOINT).unlink()
-    meta = results.provenance({**(settings or {}), "adapter": name, "compile": asdict(cfg),
-                               "examples": len(rows)}, command)
     meta["summary"] = {"steps": len(plan), "first_loss": losses[0], "last_loss": losses[-1],
                        "answers_cut": sum(cut for _, _, cut in encoded),
                        "answer_tokens": sum(len(a) for _, a, _ in encoded),
                        "seconds": round(elapsed + time.time() - t0, 1)}
+    meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     results.write_json_atomic(work / META, meta)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(work, out)
