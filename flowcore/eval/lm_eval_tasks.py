@@ -1,7 +1,8 @@
 """What the lm-eval tasks ``flow_gsm8k`` and ``flow_math`` (``eval_tasks/``) are made of.
 
-The YAML files only point here (through each task's ``utils.py``), so the
-data, the prompt and the judging are flowcore's own, never a second copy:
+The YAML files (``eval_tasks/flow_tasks/``: one template, one file per task
+naming its dataset) only point here through the folder's one ``utils.py``, so
+the data, the prompt and the judging are flowcore's own, never a second copy:
 
 * docs: ``flowcore.data.load`` (the project's files; ``source="hub"`` reads the
   hub instead), one row per ``Problem`` plus the two chat turns of the prompt;
@@ -41,9 +42,10 @@ def docs(dataset: str, split: str | None = None, source: str | None = None) -> l
 def load_dataset(dataset: str, source: str | None = None, **metadata) -> dict:
     """``custom_dataset`` hook: ``{split: datasets.Dataset}``.
 
-    lm-eval passes the run's metadata (``--metadata`` JSON and the model_args)
-    as keyword arguments; only ``source`` ("local" | "hub") is read here, the
-    rest (``pretrained``, ``version``, ...) is ignored.
+    lm-eval passes the task YAML's ``dataset_kwargs`` (``dataset``) and the
+    run's metadata (``--metadata`` JSON and the model_args) as keyword
+    arguments; of the metadata only ``source`` ("local" | "hub") is read here,
+    the rest (``pretrained``, ``version``, ...) is ignored.
     """
     import datasets
 
