@@ -1,0 +1,96 @@
+"""The flow's data: its settings (``FlowConfig``), a flow in progress (``FlowState`` of ``Chunk``s, with the
+Answer and Stop LLMs' key/value caches as ``KVPrefix``), and a finished, graded flow (``Trace``)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+from flowcore.data import Problem
+
+
+@dataclass
+class FlowConfig:
+    """Settings of the flow. Paper values: chunk_size 160, max_steps 6, stop at P(Yes) > 0.5."""
+
+    chunk_size: int = 160  # max tokens per Answer chunk (paper: 160; "mere dozens" also work)
+    max_steps: int = 6  # max chunks per flow (paper: 6)
+    temperature: float = 0.0  # 0 = greedy (ours, for evaluation); rollouts sample with > 0
+    top_p: float = 1.0
+    stop_threshold: float = 0.5  # stop when P(Yes) over {Yes, No} exceeds this (paper)
+    batch_size: int = 16  # flows advanced together in one generate call (ours)
+    seed: int = 0
+    use_stop: bool = True  # False: no Stop LLM (single-model zero-shot)
+    answer_role: str | None = "answer"  # adapter for the Answer LLM (None: base model)
+    stop_role: str | None = "stop"  # adapter for the Stop LLM (None: base model)
+
+
+def zero_shot_config(cfg: FlowConfig) -> FlowConfig:
+    """The single-model zero-shot baseline with the same token budget and decoding."""
+    return replace(cfg, use_stop=False, answer_role=None, stop_role=None)
+
+
+@dataclass
+class KVPrefix:
+    """Keys/values of a sequence's first ``n`` tokens, made as ``role``: a flow's Answer LLM prompt +
+    answer, or its Stop LLM prompt (then ``ids`` holds the tokens, as that prompt is re-tokenised text).
+
+    Valid only for the weights it was made with: a flow's cache lives as long as
+    the flow, and nothing updates the adapters while flows run.
+    """
+
+    n: int
+    role: str | None
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (1, kv_heads, n, head_dim)
+    ids: list[int] | None = None
+
+    def truncate(self, n: int) -> "KVPrefix":
+        if n > self.n:
+            raise ValueError(f"cannot extend a {self.n}-token cache to {n} tokens by truncating")
+        return KVPrefix(n, self.role, [(k[:, :, :n], v[:, :, :n]) for k, v in self.layers],
+                        None if self.ids is None else self.ids[:n])
+
+
+@dataclass
+class Chunk:
+    token_ids: list[int]
+    text: str
+    p_yes: float | None = None  # Stop LLM's P(Yes) after this chunk (None: not asked)
+    eos: bool = False  # the Answer LLM ended its turn inside this chunk
+    kv: KVPrefix | None = field(default=None, repr=False, compare=False)  # handed to the state by step()
+
+
+@dataclass
+class FlowState:
+    """One flow in progress; ``chunks`` grows by one per step."""
+
+    problem: Problem
+    chunks: list[Chunk] = field(default_factory=list)
+    end_reason: str | None = None  # "stop" | "eos" | "max_steps"
+    cache: KVPrefix | None = field(default=None, repr=False, compare=False)  # Answer LLM KV of all but the last token
+    stop_cache: KVPrefix | None = field(default=None, repr=False, compare=False)  # Stop LLM KV of its last prompt
+
+    @property
+    def done(self) -> bool:
+        return self.end_reason is not None
+
+    def answer_ids(self) -> list[int]:
+        return [t for c in self.chunks for t in c.token_ids]
+
+
+@dataclass
+class Trace:
+    """A finished flow, graded: what is written to traces.jsonl."""
+
+    problem_id: str
+    dataset: str
+    gold: str
+    chunks: list[dict]  # {"text", "n_tokens", "p_yes"}
+    end_reason: str
+    completion: str
+    extracted: str | None
+    correct: bool
+    n_tokens: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
