@@ -237,10 +237,11 @@ def resolve(model: str) -> str:
 DTYPE_ENV = "FLOWCORE_DTYPE"
 
 
-def fast_dtype() -> torch.dtype:
+def fast_dtype(device: torch.device | None = None) -> torch.dtype:
     """bf16 where the hardware computes it natively (GPU; CPU with AVX512-BF16 or AMX), else fp32.
 
-    On a CPU without those instructions (e.g. AVX2-only) bf16 matmuls fall back
+    ``device``: where the model will run (None: the GPU if there is one). On a
+    CPU without those instructions (e.g. AVX2-only) bf16 matmuls fall back
     to a slow path: measured 1 GFLOP/s vs 178 GFLOP/s for fp32 on a 2-core EPYC.
     ``$FLOWCORE_DTYPE`` (float32, bfloat16, float16) overrides the choice, for
     every command at once (the tests pin float32 so they behave alike on every CPU).
@@ -250,7 +251,8 @@ def fast_dtype() -> torch.dtype:
         if DTYPES.get(pinned) is None:
             raise ModelError(f"${DTYPE_ENV}={pinned!r}: choose one of {', '.join(DTYPES)}")
         return DTYPES[pinned]
-    if torch.cuda.is_available():
+    on_gpu = torch.cuda.is_available() if device is None else device.type == "cuda"
+    if on_gpu:
         return torch.bfloat16
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -262,16 +264,54 @@ def fast_dtype() -> torch.dtype:
 DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
 
-def load(model: str = DEFAULT_MODEL, dtype: torch.dtype | str | None = None):
+DEVICES = ("auto", "cpu", "cuda")  # the --device choices (cuda:N is accepted too)
+DTYPE_TRADEOFF = ("on AVX512-BF16 CPUs bf16 is ~2x fp32 for batched work, but single-row decoding measured 5.5x "
+                  "slower than fp32: pass float32 for one problem at a time")
+DTYPE_HELP = ("model dtype (default auto: bf16 on GPUs and AVX512-BF16/AMX CPUs, else fp32). Trade-off: "
+              + DTYPE_TRADEOFF)
+DEVICE_HELP = "where the model runs: auto (the GPU when torch sees one, else the CPU), cpu or cuda"
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto``/None: the GPU when torch sees one, else the CPU; ``cpu``; ``cuda`` or ``cuda:N``.
+
+    A GPU asked for where torch sees none is a ModelError that says what to do,
+    raised before any weights are read (not a crash deep inside torch).
+    """
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ModelError(f"unknown device {device!r}: choose auto, cpu or cuda (cuda:N for one GPU)") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise ModelError(f"device {device!r} is not supported: choose auto, cpu or cuda (cuda:N for one GPU)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {str(device)!r} asked for, but torch sees no CUDA device (torch {torch.__version__}, "
+                         f"CUDA build: {torch.version.cuda or 'none'}). Fix: pass --device cpu (or auto), or run "
+                         "where nvidia-smi lists a GPU with a CUDA build of torch (check CUDA_VISIBLE_DEVICES).")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelError(f"device {str(device)!r}: torch sees {torch.cuda.device_count()} CUDA device(s). "
+                         "Fix: pass --device cuda (the first) or an index below that count.")
+    return dev
+
+
+def load(model: str = DEFAULT_MODEL, dtype: torch.dtype | str | None = None,
+         device: str | torch.device | None = "auto"):
     """Load (model, tokenizer) for generation: left padding, a pad token, eos set.
 
-    ``dtype`` None/"auto" picks ``fast_dtype()``; the model goes to the GPU when there is one.
+    ``device``: ``resolve_device`` (auto: the GPU when there is one). ``dtype``
+    None/"auto" picks ``fast_dtype`` for that device: bf16 on a GPU or an
+    AVX512-BF16/AMX CPU (~2x fp32 for batched work there), else fp32. Trade-off:
+    on AVX512-BF16 CPUs single-row decoding measured 5.5x slower in bf16 than
+    fp32, so pass "float32" for one problem at a time.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = resolve_device(device)
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]
-    dtype = dtype or fast_dtype()
+    dtype = dtype or fast_dtype(device)
     path = resolve(model)
     t0 = time.time()
     try:
@@ -285,11 +325,10 @@ def load(model: str = DEFAULT_MODEL, dtype: torch.dtype | str | None = None):
         raise ModelError(f"could not load model {model!r} from {path}: {e}\n{hint}") from e
     prepare_tokenizer(tok)
     net.generation_config.pad_token_id = tok.pad_token_id
-    if torch.cuda.is_available():
-        net.to("cuda")
+    net.to(device)
     net.eval()
     print(f"[flowcore] loaded {model} ({sum(p.numel() for p in net.parameters())/1e6:.0f}M params, "
-          f"{dtype}) in {time.time() - t0:.1f}s", file=sys.stderr)
+          f"{dtype}, {device}) in {time.time() - t0:.1f}s", file=sys.stderr)
     return net, tok
 
 

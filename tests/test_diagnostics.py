@@ -1,7 +1,15 @@
 """diagnostics on hand-made run records (the Stop-pair reasons are checked against rollouts in test_rollouts)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+
 from flowcore.online import diagnostics
+from flowcore.results import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def rec(pid, correct, end="eos", completion=""):
@@ -40,3 +48,13 @@ def test_diagnostics_count_only_examples_after_the_first_step():
     assert d["untrained_flow_vs_zero_shot"]["strict_prefix"] == 2  # all of the baseline files, not only `after`
     assert d["stop_pairs"] == {"chosen_yes": 0, "chosen_no": 0, "chosen_no_as_stopping_gave_no_answer": 0}
     assert diagnostics.describe(d)[0].startswith("  Stop pairs: chosen Yes 0")
+
+
+@pytest.mark.parametrize("run", sorted(p.parent.name for p in (ROOT / "runs").glob("*/pairs.jsonl")))
+def test_committed_runs_keep_their_stop_pair_counts(run):
+    """The committed pairs.jsonl files predate the structured fields: their reason text still gives the counts
+    their summary.json holds."""
+    pairs = read_jsonl(ROOT / "runs" / run / "pairs.jsonl")
+    summary = json.loads((ROOT / "runs" / run / "summary.json").read_text())
+    assert pairs and all("counterfactual" not in p for p in pairs)
+    assert diagnostics.stop_pairs(pairs) == summary["diagnostics"]["stop_pairs"]

@@ -126,3 +126,53 @@ def test_updates_recompute_activations_and_give_the_same_step(tiny, monkeypatch)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     assert ck_stats[1]["grad_norm"] > 0
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ck_weights, pl_weights))
+
+
+class _Reduced(Exception):
+    """Raised by the fake all_reduce once it has seen the loss totals (the stats need real numbers after it)."""
+
+
+def _meta_trainer(tok, monkeypatch, nll_weight=0.0, rank=0, world=2):
+    """A trainer whose model answers on the "meta" device (no CPU can run a model there, so the log-probs are
+    faked as meta tensors that carry a gradient), and a fake all_reduce that records what it is given.
+
+    A GPU run needs every tensor update() reduces (under NCCL) or combines with the log-probs on the model's
+    device; here the model's device is meta, so any tensor update() builds on the CPU by habit shows up."""
+    from conftest import build_tiny_model
+    from flowcore.online import dpo
+
+    peft = adapters.attach(build_tiny_model(tok), adapters.LoraConfig(dropout=0.0))
+    leaf = torch.zeros((), device="meta", requires_grad=True)
+
+    def fake_logps(model, prompts, completions, pad_id):
+        return leaf + torch.zeros(len(prompts), device="meta")
+
+    monkeypatch.setattr(dpo, "sequence_logps", fake_logps)
+    seen = []
+
+    def all_reduce(t):
+        seen.append(t)
+        if t.dtype == torch.float64:  # the loss totals: the last reduce of update()
+            raise _Reduced
+
+    trainer = OnlineDPO(peft, tok.pad_token_id, OnlineDPOConfig(micro_batch=1, nll_weight=nll_weight),
+                        rank=rank, world=world, all_reduce=all_reduce)
+    trainer.device = torch.device("meta")  # as if the model lived there (a CUDA device on a GPU machine)
+    return trainer, seen
+
+
+def test_update_reduces_its_totals_on_the_model_device(tiny_tokenizer, monkeypatch):
+    pairs = [_pair("answer", [5, 6, 7], [8, 9], [10]) for _ in range(3)]
+    for rank, world in ((0, 2), (3, 4)):  # rank 3 of 4 has no share of 3 pairs: it still joins the sums
+        trainer, seen = _meta_trainer(tiny_tokenizer, monkeypatch, rank=rank, world=world)
+        with pytest.raises(_Reduced):
+            trainer.update("answer", pairs)
+        totals = seen[-1]
+        assert totals.shape == (4,) and totals.device.type == "meta", totals.device
+
+
+def test_nll_term_is_built_on_the_log_probs_device(tiny_tokenizer, monkeypatch):
+    trainer, seen = _meta_trainer(tiny_tokenizer, monkeypatch, nll_weight=0.5)
+    with pytest.raises(_Reduced):  # reaching the reduce means the NLL term was computed on one device
+        trainer.update("answer", [_pair("answer", [5, 6, 7], [8, 9], [10]) for _ in range(2)])
+    assert seen[-1].device.type == "meta"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flowcore import adapters, prompts
-from flowcore.flow import engine as flow
+from flowcore.flow import hf_calls
 from flowcore.data import Problem
 from flowcore.flow.engine import FlowConfig, FlowEngine, FlowState, zero_shot_config
 
@@ -49,7 +49,7 @@ def test_compaction_gives_the_chunks_of_one_call_with_fewer_rows_decoded(tiny, m
     with torch.no_grad():  # larger random weights: varied greedy text instead of one repeated token
         for prm in model.parameters():
             prm.normal_(0, 0.5)
-    monkeypatch.setattr(flow, "COMPACT_MIN_LEFT", 1)
+    monkeypatch.setattr(hf_calls, "COMPACT_MIN_LEFT", 1)
     cfg = FlowConfig(chunk_size=40, batch_size=8)
     plain = FlowEngine(model, tok, cfg, reuse_kv=False)
     first = plain.generate_chunks([FlowState(p) for p in problems(8)])
@@ -244,3 +244,22 @@ def test_missing_adapter_dir_is_a_clear_error(tiny, tmp_path):
     model, _ = tiny
     with pytest.raises(FileNotFoundError, match="answer"):
         adapters.load(model, tmp_path)
+
+
+def test_generate_passes_device_to_the_loader(tmp_path, monkeypatch, capsys):
+    from flowcore import models
+    from flowcore.flow import generate
+
+    calls, real_load = [], models.load
+
+    def load(model, dtype=None, device="auto"):
+        calls.append(device)
+        raise models.ModelError("loader reached")
+
+    monkeypatch.setattr(generate.models, "load", load)
+    assert generate.main(["--model", "x", "--limit", "1", "--out", str(tmp_path / "t.jsonl"), "--device", "cpu"]) == 1
+    assert calls == ["cpu"] and "loader reached" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(generate.models, "load", real_load)
+    assert generate.main(["--model", "x", "--limit", "1", "--out", str(tmp_path / "u.jsonl"), "--device", "cuda"]) == 1
+    assert "no CUDA device" in capsys.readouterr().err

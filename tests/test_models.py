@@ -102,3 +102,63 @@ def test_corrupt_converted_model_gives_a_fix_hint(smol, tmp_path, monkeypatch):
     (damaged / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(models.ModelError, match="Fix:"):
         models.load(models.TEST_MODEL)
+
+
+# ---------------------------------------------------------------- --device
+
+
+def test_device_auto_cpu_and_cuda_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert models.resolve_device("auto") == torch.device("cpu") == models.resolve_device("cpu")
+    for asked in ("cuda", "cuda:1"):
+        with pytest.raises(models.ModelError, match=r"no CUDA device.*Fix: pass --device cpu"):
+            models.resolve_device(asked)
+    with pytest.raises(models.ModelError, match="auto, cpu or cuda"):
+        models.resolve_device("tpu")
+
+
+def test_load_honours_the_device_and_refuses_cuda_before_reading_weights(monkeypatch):
+    import tinyflow
+
+    net, _ = models.load(tinyflow.taught_dir(), "float32", device="cpu")
+    assert net.device.type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(models.ModelError, match="Fix: pass --device cpu"):
+        models.load("no-such-model-dir-or-hub-id", device="cuda")  # the device is checked first: no hub attempt
+
+
+def _capture_load(monkeypatch, module):
+    """Replace ``module.models.load`` by one that records its device and loads the tiny taught model."""
+    import tinyflow
+
+    calls = []
+
+    def load(model, dtype=None, device="auto"):
+        calls.append(device)
+        return real_load(tinyflow.taught_dir(), "float32", device="cpu")
+
+    real_load = models.load
+    monkeypatch.setattr(module.models, "load", load)
+    return calls
+
+
+def test_lm_eval_flow_model_honours_device(monkeypatch, caplog):
+    from flowcore.eval import lm_eval_model
+    from flowcore.eval.lm_eval_model import FlowLM
+
+    real_load = models.load
+    calls = _capture_load(monkeypatch, lm_eval_model)
+    lm = FlowLM(pretrained="tiny", device="cpu")
+    assert calls[-1] == "cpu" and lm.device.type == "cpu"
+    # lm-eval's CLI passes its own --device (default cuda:0) next to model_args: device in model_args wins
+    FlowLM.create_from_arg_string("pretrained=tiny,device=cpu", {"device": "cuda:0", "batch_size": 2})
+    assert calls[-1] == "cpu"
+    FlowLM.create_from_arg_obj({"pretrained": "tiny"}, {"device": "cpu", "batch_size": None})
+    assert calls[-1] == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    # cuda:0 is lm-eval's default when --device is not given: without CUDA it means "not chosen" (CPU, a warning)
+    FlowLM(pretrained="tiny", device="cuda:0")
+    assert calls[-1] == "cpu" and "cuda:0" in caplog.text
+    monkeypatch.setattr(lm_eval_model.models, "load", real_load)
+    with pytest.raises(models.ModelError, match="Fix: pass --device cpu"):
+        FlowLM(pretrained="tiny", device="cuda")

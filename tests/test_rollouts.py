@@ -49,6 +49,7 @@ def test_answer_pair_chosen_is_the_correct_side(engine):
     # prompt = Answer prompt + the chunks before node k, as token ids
     assert pair.prompt_ids == engine.prompt_ids(PROBLEM) + original.chunks[0].token_ids
     assert "reached 2 (correct)" in pair.reason and "original reached 3 (wrong)" in pair.reason
+    assert (pair.chosen_extracted, pair.rejected_extracted, pair.counterfactual) == ("2", "3", "rollout")
 
     # the mirror case: original right, rollout wrong -> chosen is the original chunk
     _, pair2 = answer_pair(engine, branch, engine.trace(branch), 1, original)
@@ -169,8 +170,9 @@ def test_explore_plays_out_continue_counterfactuals(tmp_path):
     assert stop and all(p.node == 2 and p.chosen_text == "No" and "continuing would give" in p.reason for p in stop)
 
 
-def test_diagnostics_reads_the_stop_reasons_written_here(engine):
-    """diagnostics.stop_pairs parses the reason text stop_pairs writes: keep the two in step."""
+def test_diagnostics_reads_the_stop_pairs_written_here(engine):
+    """diagnostics.stop_pairs reads the structured fields stop_pairs writes, and old records (reason text only,
+    as in the committed runs' pairs.jsonl) give the same counts."""
     no_answer_yet = make_state(engine, ["Step 1: 3 - 1.", " So \\boxed{2}."], [0.2, None], "eos")
     stopped_wrong = make_state(engine, ["Step 1: 3 - 1 = \\boxed{5}."], [0.9], "stop")
     went_on = make_state(engine, ["Step 1: 3 - 1 = \\boxed{5}.", " No: \\boxed{2}."], [0.9, None], "eos")
@@ -182,5 +184,17 @@ def test_diagnostics_reads_the_stop_reasons_written_here(engine):
              + stop_pairs(engine, stopped_wrong, engine.trace(stopped_wrong), went_on)  # No: gave 5
              + stop_pairs(engine, stopped_empty, engine.trace(stopped_empty), went_on_empty)  # No: gave no answer
              + stop_pairs(engine, stopped_right, engine.trace(stopped_right), also_wrong))  # Yes
-    records = [{"role": p.role, "chosen_text": p.chosen_text, "reason": p.reason} for p in pairs]
-    assert diagnostics.stop_pairs(records) == {"chosen_yes": 1, "chosen_no": 3, "chosen_no_as_stopping_gave_no_answer": 2}
+    assert [(p.chosen_text, p.chosen_extracted, p.rejected_extracted, p.counterfactual) for p in pairs] == [
+        ("No", "2", None, "stop here"), ("No", "2", "5", "continue"), ("No", "2", None, "continue"),
+        ("Yes", "2", "7", "continue")]
+    expected = {"chosen_yes": 1, "chosen_no": 3, "chosen_no_as_stopping_gave_no_answer": 2}
+    assert diagnostics.stop_pairs([p.to_dict() for p in pairs]) == expected
+    for p in pairs:  # the fields, not the prose, decide: a reworded reason changes nothing
+        p.reason = "reworded"
+    assert diagnostics.stop_pairs([p.to_dict() for p in pairs]) == expected
+    old = [{"role": p.role, "chosen_text": p.chosen_text, "reason": r} for p, r in zip(pairs, [
+        "stopping at node 0 would give no answer (wrong), continuing gave 2 (correct)",
+        "stopping at node 0 gave 5 (wrong), continuing would give 2 (correct)",
+        "stopping at node 0 gave no answer (wrong), continuing would give 2 (correct)",
+        "stopping at node 0 gave 2 (correct), continuing would give 7 (wrong)"])]
+    assert diagnostics.stop_pairs(old) == expected

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import tinyflow
-from flowcore.online import baselines, plots, sweep, train
+from flowcore import data, grading
+from flowcore.online import baselines, checkpoint, plots, sweep, train
 from flowcore.results import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +80,8 @@ def test_kill_and_resume_gives_the_same_run(setup, capsys):
     config = json.loads((whole / "config.json").read_text())
     assert config["command"].startswith("python -m flowcore train --model")
     assert len(config["example_ids"]) == 6 and config["settings"]["dpo"]["batch_pairs"] == 3
-    assert config["runtime"]["dtype"] == "torch.float32"
+    assert config["runtime"]["dtype"] == "torch.float32" and config["runtime"]["device"] == "cpu"
+    assert config["order"] == "permutation-v2"
 
 
 def free_port() -> int:
@@ -144,6 +146,11 @@ def test_baselines_and_chart(setup, one_thread, monkeypatch, capsys):
     assert (run / "chart.html").stat().st_size > 1000
     summary = json.loads((run / "summary.json").read_text())
     progress = read_jsonl(run / "progress.jsonl")
+    assert summary["dtype"] == {"Flow-DPO (online)": "torch.float32", "untrained flow": "torch.float32",
+                                "zero-shot": "torch.float32"}
+    for p in progress:  # the headline accuracy can be graded again from the file
+        g = grading.grade(p["completion"], p["gold"], "gsm8k")
+        assert (g.extracted, g.correct) == (p["extracted"], p["correct"])
     assert summary["examples"] == 3 and summary["accuracy"]["Flow-DPO (online)"]["correct"] == sum(online)
     pairs = sum(p["n_answer_pairs"] + p["n_stop_pairs"] for p in progress)
     assert summary["pairs"]["per_example"] == pytest.approx(round(pairs / 3, 3))
@@ -216,3 +223,100 @@ def test_sweep_table(setup, one_thread, capsys):
     md = (out / "sweep.md").read_text()
     assert "| lr " in md.replace("chunk_size", "") and "| chunk_size |" in md and "no matching baseline" in md
     assert "sweep.md" in capsys.readouterr().out
+
+
+class OneProcess:
+    """Processes for one process, without accelerate."""
+
+    rank, world = 0, 1
+
+    def gather(self, items):
+        return items
+
+    def barrier(self):
+        pass
+
+
+def test_checkpoint_restores_every_generator_the_run_draws_from(tiny, tmp_path, monkeypatch):
+    """--resume is exact only if the next draws of every generator repeat: python random, torch CPU and, on a
+    GPU machine, every CUDA device's generator (rollout sampling draws from it there). CUDA is faked here."""
+    import random
+
+    from flowcore import adapters
+    from flowcore.online.dpo import OnlineDPO, OnlineDPOConfig
+
+    model, tok = tiny
+    peft = adapters.attach(model, adapters.LoraConfig())
+    trainer = OnlineDPO(peft, tok.pad_token_id, OnlineDPOConfig())
+    cuda = {"states": [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3], dtype=torch.uint8)], "set": None}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in cuda["states"]])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: cuda.update(set=list(states)))
+    random.seed(5)
+    torch.manual_seed(5)
+    checkpoint.save_checkpoint(tmp_path, trainer, peft, 4, {"answer": [], "stop": []}, 1.5, OneProcess())
+    expected = (random.random(), torch.rand(3))
+    random.seed(6)
+    torch.manual_seed(6)
+    position, pending, elapsed = checkpoint.load_checkpoint(tmp_path, trainer, OneProcess())
+    assert (position, elapsed) == (4, 1.5)
+    assert random.random() == expected[0] and torch.equal(torch.rand(3), expected[1])
+    assert cuda["set"] is not None and [s.tolist() for s in cuda["set"]] == [[1, 2], [3]]
+
+
+def test_device_flag_reaches_the_loader_in_train_and_baselines(setup, tmp_path, monkeypatch, capsys):
+    from dataclasses import asdict
+
+    from flowcore import models
+    from flowcore.flow.engine import FlowConfig
+
+    model, problems, _ = setup
+    calls = []
+
+    def load(model, dtype=None, device="auto"):
+        calls.append(str(device))
+        raise models.ModelError("loader reached")
+
+    monkeypatch.setattr(models, "load", load)
+    args = ["--model", model, "--data-file", problems, "--examples", "2", "--out", str(tmp_path / "run")]
+    assert train.main(args + ["--device", "cpu"]) == 1
+    assert calls == ["cpu"] and "loader reached" in capsys.readouterr().err
+    ids = [q.id for q in data.read_jsonl(problems, "gsm8k", "custom")][:2]
+    run = tmp_path / "old-run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"settings": {
+        "model": model, "dataset": "gsm8k", "split": "train", "source": "local", "data_file": problems,
+        "flow": asdict(FlowConfig())}, "example_ids": ids}))
+    assert baselines.main(["--run", str(run), "--device", "cpu"]) == 1
+    assert calls == ["cpu", "cpu"] and "loader reached" in capsys.readouterr().err
+    # cuda asked for where torch sees none: one clear line, before any model is read
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train.main(args + ["--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert "no CUDA device" in err and "--device cpu" in err and calls == ["cpu", "cpu"]
+
+
+def test_example_order_is_one_permutation_whatever_n():
+    pool = [data.Problem(f"p/{i}", "gsm8k", "q", "1", "") for i in range(7000)]  # as GSM8K train
+    assert train.example_order(pool, 400, 0) == train.example_order(pool, 2000, 0)[:400]
+    assert train.example_order(pool, 400, 0) != train.example_order(pool, 400, 1)
+    assert len({q.id for q in train.example_order(pool, 7000, 0)}) == 7000
+
+
+@pytest.mark.parametrize("config_path", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("runs/**/config.json")))
+def test_committed_runs_keep_the_order_they_were_drawn_in(config_path, tmp_path):
+    """Runs from before config.json recorded an "order" were drawn with sample-v1: --resume (and anything that
+    derives their examples again) keeps drawing them that way, and gets the example_ids they hold."""
+    config = json.loads((ROOT / config_path).read_text())
+    order = config.get("order", "sample-v1")
+    s = config["settings"]
+    pool = train.load_problems(s["dataset"], s["split"], s["source"], s.get("data_file"))
+    assert [q.id for q in train.example_order(pool, s["examples"], s["seed"], order)] == config["example_ids"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config))
+    assert train.run_order(train.parse(["--examples", "1", "--out", str(run), "--resume"])) == order
+    assert train.run_order(train.parse(["--examples", "1", "--out", str(run)])) == "permutation-v2"
+    with pytest.raises(checkpoint.CheckpointError, match="example_ids"):
+        checkpoint.check_resume(run, config, config["settings"], config["example_ids"][::-1],
+                                {"dtype": "torch.float32", "device": "cpu"}, order)

@@ -10,6 +10,9 @@ model_args (all optional):
   mode            ``flow`` (Answer + Stop LLM) or ``zero-shot`` (base model alone, same token budget)
   chunk_size, max_steps, temperature, top_p, stop_threshold, seed: ``flowcore.flow.engine.FlowConfig`` fields
   dtype           auto | float32 | bfloat16 | float16 (auto: bf16 where the hardware has it, else fp32)
+  device          auto | cpu | cuda | cuda:N (default: lm-eval's ``--device``, else auto); model_args wins
+                  over ``--device``. lm-eval's CLI passes ``cuda:0`` when ``--device`` is not given, so on a
+                  machine without CUDA ``cuda:0`` runs on the CPU (a warning says so); ``cuda`` there is an error.
 The batch size is lm-eval's ``--batch_size`` (flows advanced together; "auto" means FlowConfig's default).
 
 The question: the flow builds its own prompts (Answer and Stop) from the problem,
@@ -32,6 +35,7 @@ from __future__ import annotations
 import logging
 from dataclasses import fields, replace
 
+import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
@@ -70,6 +74,20 @@ def flow_config(mode: str = "flow", batch_size=None, **kwargs) -> FlowConfig:
     return zero_shot_config(cfg) if mode == "zero-shot" else cfg
 
 
+LM_EVAL_DEFAULT_DEVICE = "cuda:0"  # what lm-eval's CLI passes when --device is not given (EvaluatorConfig)
+
+
+def model_device(device) -> str:
+    """The device to load on: ``auto`` when none was chosen (lm-eval's unchosen default included)."""
+    if device in (None, "", "auto"):
+        return "auto"
+    if str(device) == LM_EVAL_DEFAULT_DEVICE and not torch.cuda.is_available():
+        log.warning("flow: device=%s (lm-eval's default when --device is not given) but torch sees no CUDA "
+                    "device: running on the CPU; pass --device cpu to say so", device)
+        return "cpu"
+    return str(device)
+
+
 @register_model("flow")
 class FlowLM(LM):
     """lm-eval ``LM`` whose ``generate_until`` runs flowcore's batched Answer/Stop flow."""
@@ -81,21 +99,32 @@ class FlowLM(LM):
         if unknown:
             raise ValueError(
                 f"flow model_args: unknown {', '.join(sorted(unknown))}; known: pretrained, adapters, mode, dtype, "
-                f"{', '.join(sorted(_FLOW_FIELDS))} (batch size: lm_eval --batch_size)")
+                f"device, {', '.join(sorted(_FLOW_FIELDS))} (batch size: lm_eval --batch_size)")
         if dtype not in models.DTYPES:
             raise ValueError(f"flow model_args: dtype must be one of {', '.join(models.DTYPES)}, not {dtype!r}")
-        if device and not str(device).startswith("cpu"):
-            # FlowEngine builds its input tensors on the CPU; say so rather than fail mid-run.
-            log.warning("flow: device=%s ignored, the flow runs on the CPU", device)
         self.cfg = flow_config(mode, batch_size, **flow_args)
         self.mode = mode
         self.pretrained, self.adapters = pretrained, adapters
-        self.model, self.tok = models.load(pretrained, dtype)
+        self.model, self.tok = models.load(pretrained, dtype, device=model_device(device))
+        self._device = self.model.device
         if adapters and mode == "flow":
             self.model = adapters_mod.load(self.model, adapters)
         elif adapters:
             log.warning("flow: mode=zero-shot runs the base model; adapters=%s not loaded", adapters)
         self.traces = []  # the flowcore Traces of the last generate_until call, in request order
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "FlowLM":
+        """As lm-eval's, except that a key given in model_args (``device``) wins over the CLI's value
+        (lm-eval's own passes both and fails with "multiple values for keyword argument")."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "FlowLM":
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
 
     # ------------------------------------------------------------ lm-eval API
 

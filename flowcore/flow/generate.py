@@ -38,8 +38,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad-lines", action="store_true", help="skip malformed dataset lines instead of stopping")
 
 
-def load_model_with_adapters(model_name: str, adapter_dir: str | None, dtype: str = "auto"):
-    net, tok = models.load(model_name, dtype)
+def load_model_with_adapters(model_name: str, adapter_dir: str | None, dtype: str = "auto",
+                             device: str = "auto"):
+    net, tok = models.load(model_name, dtype, device=device)
     if adapter_dir:
         from flowcore import adapters
 
@@ -71,7 +72,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--adapters", default=None, help="directory with answer/ and stop/ peft adapters (default: none = untrained flow)")
     p.add_argument("--mode", choices=("flow", "zero-shot"), default="flow")
     p.add_argument("--dtype", choices=list(models.DTYPES), default="auto",
-                   help="auto: bf16 on GPUs / AVX512-BF16 CPUs, else fp32 (recorded in the meta file)")
+                   help=models.DTYPE_HELP + "; recorded in the meta file")
+    p.add_argument("--device", choices=models.DEVICES, default="auto", help=models.DEVICE_HELP)
     add_data_args(p)
     add_flow_args(p)
     p.add_argument("--out", required=True, help="traces JSONL (resumed if it exists with the same settings)")
@@ -87,7 +89,7 @@ def main(argv: list[str]) -> int:
         settings = {"model": args.model, "adapters": args.adapters, "mode": args.mode, "dataset": args.dataset,
                     "split": args.split, "limit": args.limit, "source": args.source, "flow": asdict(cfg)}
         out = ResultsFile(args.out, settings, cli_command("generate", argv), overwrite=args.overwrite)
-        net, tok = load_model_with_adapters(args.model, args.adapters, args.dtype)
+        net, tok = load_model_with_adapters(args.model, args.adapters, args.dtype, args.device)
         out.note_runtime(net)  # a file started in another dtype is refused
     except (data.DataError, models.ModelError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -59,7 +59,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=None, help="flows per generate call (default: the run's)")
     p.add_argument("--dtype", choices=list(models.DTYPES), default=None,
                    help="model dtype (default: the one the run trained in, from config.json's runtime block; "
-                        "auto for runs that did not record it)")
+                        "auto for runs that did not record it). Trade-off: " + models.DTYPE_TRADEOFF)
+    p.add_argument("--device", choices=models.DEVICES, default="auto", help=models.DEVICE_HELP)
     args = p.parse_args(argv)
     run = Path(args.run)
     try:
@@ -70,7 +71,7 @@ def main(argv: list[str]) -> int:
         if args.batch_size:
             flow.batch_size = args.batch_size
         dtype = args.dtype or config.get("runtime", {}).get("dtype", "auto").removeprefix("torch.")
-        net, tok = models.load(settings["model"], dtype)
+        net, tok = models.load(settings["model"], dtype, device=args.device)
     except (FileNotFoundError, data.DataError, models.ModelError, KeyError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

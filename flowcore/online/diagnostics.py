@@ -22,14 +22,22 @@ import re
 from collections import Counter
 
 STOPPED = "stop"  # FlowState.end_reason when the Stop LLM ended the flow
-_STOP_GAVE_NO_ANSWER = re.compile(r"^stopping at node \d+ (?:would give|gave) no answer \(")  # rollouts.stop_pairs
+# pairs.jsonl written before pairs had structured fields: the Stop pair's reason text (rollouts.stop_pairs) says it
+_OLD_STOP_GAVE_NO_ANSWER = re.compile(r"^stopping at node \d+ (?:would give|gave) no answer \(")
+
+
+def stopping_gave_no_answer(pair: dict) -> bool:
+    """Whether the "Yes" (stop) side of a Stop pair ended with no extractable answer."""
+    if "counterfactual" not in pair:  # an old record: only its reason text tells
+        return bool(_OLD_STOP_GAVE_NO_ANSWER.match(pair["reason"]))
+    return (pair["chosen_extracted"] if pair["chosen_text"] == "Yes" else pair["rejected_extracted"]) is None
 
 
 def stop_pairs(pairs: list[dict]) -> dict:
     stop = [p for p in pairs if p["role"] == "stop"]
     no = [p for p in stop if p["chosen_text"] == "No"]
     return {"chosen_yes": sum(p["chosen_text"] == "Yes" for p in stop), "chosen_no": len(no),
-            "chosen_no_as_stopping_gave_no_answer": sum(bool(_STOP_GAVE_NO_ANSWER.match(p["reason"])) for p in no)}
+            "chosen_no_as_stopping_gave_no_answer": sum(stopping_gave_no_answer(p) for p in no)}
 
 
 def end_reasons(records: list[dict]) -> dict:

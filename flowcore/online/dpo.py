@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from flowcore import adapters
-from flowcore.online.rollouts import ROLES, Pair
+from flowcore.adapters import ROLES
+from flowcore.online.rollouts import Pair
 
 
 @dataclass
@@ -126,6 +127,8 @@ class OnlineDPO:
         self.model, self.pad_id, self.cfg = model, pad_id, config
         adapters.enable_activation_checkpointing(model)
         self.rank, self.world, self.all_reduce = rank, world, all_reduce
+        # what update() reduces lives here: NCCL (accelerate on GPUs) only reduces tensors on the GPU
+        self.device = next(model.parameters()).device
         self.params = {role: adapter_params(model, role) for role in ROLES}
         self.optimizers = {role: torch.optim.Adam(self.params[role], lr=config.lr) for role in ROLES}
         self.steps = {role: 0 for role in ROLES}
@@ -146,7 +149,8 @@ class OnlineDPO:
         params, n = self.params[role], len(pairs)
         for p in params:
             p.grad = None
-        totals = torch.zeros(4, dtype=torch.float64)  # loss sum, margin sum, margins > 0, chosen log-ratio sum
+        # loss sum, margin sum, margins > 0, chosen log-ratio sum; summed on the device (no sync per micro-batch)
+        totals = torch.zeros(4, dtype=torch.float64, device=self.device)
         mine = pairs[self.rank::self.world]
         for start in range(0, len(mine), self.cfg.micro_batch):
             mb = mine[start:start + self.cfg.micro_batch]
@@ -158,11 +162,11 @@ class OnlineDPO:
             losses, margins = dpo_loss(pol_c, pol_r, ref_c, ref_r, self.cfg.beta)
             loss = losses.sum()
             if self.cfg.nll_weight:
-                lengths = torch.tensor([len(p.chosen_ids) for p in mb], dtype=pol_c.dtype)
+                lengths = torch.tensor([len(p.chosen_ids) for p in mb], dtype=pol_c.dtype, device=pol_c.device)
                 loss = loss + self.cfg.nll_weight * (-pol_c / lengths).sum()
             (loss / n).backward()
-            totals += torch.tensor([losses.sum().item(), margins.sum().item(), (margins > 0).sum().item(),
-                                    (pol_c - ref_c).sum().item()], dtype=torch.float64)
+            totals += torch.stack([t.detach().double() for t in (losses.sum(), margins.sum(), (margins > 0).sum(),
+                                                                 (pol_c - ref_c).sum())])
         self.model.eval()
         if self.all_reduce is not None and self.world > 1:
             for p in params:
@@ -174,9 +178,9 @@ class OnlineDPO:
         self.optimizers[role].step()
         self.optimizers[role].zero_grad(set_to_none=True)
         self.steps[role] += 1
-        return {"role": role, "step": self.steps[role], "pairs": n, "loss": totals[0].item() / n,
-                "margin": totals[1].item() / n, "reward_accuracy": totals[2].item() / n,
-                "chosen_logratio": totals[3].item() / n, "grad_norm": float(grad_norm)}
+        loss, margin, accuracy, logratio = totals.tolist()
+        return {"role": role, "step": self.steps[role], "pairs": n, "loss": loss / n, "margin": margin / n,
+                "reward_accuracy": accuracy / n, "chosen_logratio": logratio / n, "grad_norm": float(grad_norm)}
 
     # -------------------------------------------------------- checkpoint state
 

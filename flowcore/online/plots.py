@@ -11,7 +11,7 @@ started yet is listed as "not reached yet".
 ``python -m flowcore plot --run runs/NAME`` writes ``chart.html`` (with
 ``plotly.min.js`` beside it, so it opens offline) and ``chart.png`` (kaleido, which
 drives a Chrome/Chromium browser; Debian: ``apt-get install chromium``), and
-prints and writes ``summary.json`` (``run_summary``): each curve's accuracy, the
+prints and writes ``summary.json`` (``run_summary``): each curve's accuracy and dtype, the
 trained flow minus each baseline on the same examples (all of them, and only
 those predicted after the first DPO step), pairs, DPO steps and seconds per
 example, per round and in all, and ``diagnostics`` (see that module).
@@ -115,6 +115,7 @@ def run_summary(run_dir: str | Path) -> dict:
                              "after_first_step": stats.paired_difference(online[after:m], seq[after:m])}
     return {
         "run": str(run), "examples": n, "planned_examples": len(config["example_ids"]),
+        "dtype": run_dtypes(run, config),
         "accuracy": {name: stats.accuracy(seq) for name, seq in curves.items()},
         "trained_minus_baseline": comparisons,
         **{k: numbers[k] for k in ("first_step_after_example", "pairs", "dpo_steps", "seconds_per_example")},
@@ -122,6 +123,14 @@ def run_summary(run_dir: str | Path) -> dict:
         "diagnostics": diagnostics.diagnostics(progress, read_jsonl(run / "pairs.jsonl"), records[CURVES[1][0]],
                                                records[CURVES[2][0]], after),
     }
+
+
+def run_dtypes(run: Path, config: dict) -> dict[str, str | None]:
+    """The dtype each curve was computed in (None: not recorded, as in runs from before it was)."""
+    metas = {name: run / file.replace(".jsonl", ".meta.json") for name, file in CURVES[1:]}
+    return {CURVES[0][0]: config.get("runtime", {}).get("dtype"),
+            **{name: json.loads(path.read_text()).get("runtime", {}).get("dtype") if path.is_file() else None
+               for name, path in metas.items()}}
 
 
 def examples_done(done: int, planned: int) -> str:

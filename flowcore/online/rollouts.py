@@ -45,10 +45,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flowcore import grading, prompts
+from flowcore.adapters import ROLES  # noqa: F401  (the roles of the pairs; imported from here by older code)
 from flowcore.data import Problem
 from flowcore.flow.engine import FlowEngine, FlowState, Trace
-
-ROLES = ("answer", "stop")
 
 
 @dataclass
@@ -65,7 +64,12 @@ class Pair:
     rejected_text: str
     chosen_correct: bool
     rejected_correct: bool
-    reason: str  # why this pair exists, in words
+    reason: str  # why this pair exists, in words (for people; the fields below are for code)
+    # the final answer each side led to (None: no extractable answer). Stop pairs: "Yes" led to the
+    # partial answer graded as it stood, "No" to the flow's answer after going on.
+    chosen_extracted: str | None = None
+    rejected_extracted: str | None = None
+    counterfactual: str = ""  # the side played out for this pair: "rollout" | "stop here" | "continue"
 
     def to_dict(self, with_ids: bool = False) -> dict:
         return {k: v for k, v in vars(self).items() if with_ids or not k.endswith("_ids")}
@@ -158,6 +162,8 @@ def answer_pair(engine: FlowEngine, original: FlowState, trace: Trace, k: int,
         chosen_correct=True, rejected_correct=False,
         reason=f"rollout at node {k} reached {_outcome(g.extracted, g.correct)}, "
                f"original reached {_outcome(trace.extracted, trace.correct)}",
+        chosen_extracted=trace.extracted if trace.correct else g.extracted,
+        rejected_extracted=g.extracted if trace.correct else trace.extracted, counterfactual="rollout",
     )
 
 
@@ -174,23 +180,27 @@ def stop_pairs(engine: FlowEngine, state: FlowState, trace: Trace,
         if not last:  # the flow went on; counterfactual: stop here with the partial answer
             g = grading.grade(engine.decode(partial), problem.gold, problem.dataset)
             stop_ok, go_ok = g.correct, trace.correct
+            stop_answer, go_answer, played = g.extracted, trace.extracted, "stop here"
             what = (f"stopping at node {k} would give {_outcome(g.extracted, g.correct)}, "
                     f"continuing gave {_outcome(trace.extracted, trace.correct)}")
         elif state.end_reason == "stop" and continued is not None:  # counterfactual: continue
             g = grading.grade(engine.completion(continued), problem.gold, problem.dataset)
             stop_ok, go_ok = trace.correct, g.correct
+            stop_answer, go_answer, played = trace.extracted, g.extracted, "continue"
             what = (f"stopping at node {k} gave {_outcome(trace.extracted, trace.correct)}, "
                     f"continuing would give {_outcome(g.extracted, g.correct)}")
         else:
             continue  # the flow had to end here anyway (max_steps): both decisions give one answer
         if stop_ok == go_ok:
             continue
-        chosen, rejected = ((yes_id, "Yes"), (no_id, "No")) if stop_ok else ((no_id, "No"), (yes_id, "Yes"))
+        yes, no = (yes_id, "Yes", stop_answer), (no_id, "No", go_answer)
+        chosen, rejected = (yes, no) if stop_ok else (no, yes)
         pairs.append(Pair(
             example_id=problem.id, role="stop", node=k,
             prompt_ids=stop_prompt_ids(engine, problem, partial),
             chosen_ids=[chosen[0]], rejected_ids=[rejected[0]],
             chosen_text=chosen[1], rejected_text=rejected[1],
             chosen_correct=True, rejected_correct=False, reason=what,
+            chosen_extracted=chosen[2], rejected_extracted=rejected[2], counterfactual=played,
         ))
     return pairs

@@ -17,9 +17,9 @@ The loop, per round of examples (``group_size`` per process):
    correct, pairs made, the losses of the steps taken after it, seconds), and
    its pairs (texts, outcomes, reasons) to ``pairs.jsonl``.
 4. Every ``checkpoint_every`` examples, ``checkpoint.pt`` is replaced
-   atomically (adapters, optimizers, position, RNG states of every process,
-   pending pairs) and the adapters are exported to ``adapters/`` (peft format,
-   for ``generate --adapters``). ``--resume`` reloads it, drops the lines
+   atomically (``flowcore.online.checkpoint``: adapters, optimizers, position,
+   every random generator of every process, pending pairs) and the adapters
+   are exported to ``adapters/``. ``--resume`` reloads it, drops the lines
    written after it and carries on: no example is trained twice or skipped,
    and the files come out as in an uninterrupted run (tested).
 
@@ -28,9 +28,10 @@ they were at the start of its round. With ``group_size 1`` and one process this
 is the paper's model_{i-1}; steps only happen every ``batch_pairs`` pairs
 anyway, so larger rounds change little (ours: rounds buy batched generation).
 
-Examples are a fixed seeded sample of the split (``--seed``), listed in
-``config.json`` so the baselines (``python -m flowcore baselines --run``) run on
-exactly the same ones.
+Examples are the first ``--examples`` of one seeded permutation of the split
+(``--seed``; so a 400-example run is the start of a 2,000-example one), listed
+in ``config.json`` so the baselines (``python -m flowcore baselines --run``) run
+on exactly the same ones.
 """
 from __future__ import annotations
 
@@ -38,7 +39,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import sys
 import time
@@ -49,12 +49,16 @@ import torch
 
 from flowcore.cli import HelpFormatter
 from flowcore import adapters, data, models, results, stats
+from flowcore.adapters import ROLES
+from flowcore.online.checkpoint import (CHECKPOINT, CheckpointError, check_resume, load_checkpoint,
+                                       save_checkpoint, truncate_jsonl)
 from flowcore.online.dpo import OnlineDPO, OnlineDPOConfig
 from flowcore.flow.engine import FlowConfig, FlowEngine
 from flowcore.flow.generate import add_flow_args, flow_config
-from flowcore.online.rollouts import ROLES, Pair, explore
+from flowcore.online.processes import Processes
+from flowcore.online.rollouts import explore
 
-PROGRESS, PAIRS, CONFIG, CHECKPOINT, ADAPTERS = "progress.jsonl", "pairs.jsonl", "config.json", "checkpoint.pt", "adapters"
+PROGRESS, PAIRS, CONFIG = "progress.jsonl", "pairs.jsonl", "config.json"
 KILL_ENV = "FLOWCORE_KILL_AFTER"  # testing: SIGKILL this process after it wrote this many progress lines
 
 
@@ -62,45 +66,37 @@ class TrainError(ValueError):
     """Unusable arguments or run directory; the message says what to do."""
 
 
-# ---------------------------------------------------------------- processes
-
-
-class Processes:
-    """This process's rank and the collectives of ``accelerate launch`` (no-ops in one process)."""
-
-    def __init__(self):
-        from accelerate import PartialState
-
-        # Without CUDA, processes started by `accelerate launch --multi_gpu` (torchrun) join a gloo
-        # group only when told they are CPU processes. (`accelerate launch --cpu --num_processes N`
-        # starts ONE process in accelerate 1.15 unless given an MPI hostfile.)
-        self.state = PartialState(cpu=not torch.cuda.is_available())
-        self.rank, self.world = self.state.process_index, self.state.num_processes
-
-    def gather(self, items: list) -> list:
-        """Every process's list, concatenated in rank order, on every process."""
-        if self.world == 1:
-            return items
-        from accelerate.utils import gather_object
-
-        return gather_object(items)
-
-    def all_reduce(self, tensor: torch.Tensor) -> None:
-        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            self.state.wait_for_everyone()
-
-
 # ---------------------------------------------------------------- run files
 
 
-def example_order(problems: list[data.Problem], n: int, seed: int) -> list[data.Problem]:
-    """A fixed seeded sample of ``n`` problems, in training order."""
+ORDER = "permutation-v2"  # config.json's "order": how example_order drew the run's examples
+
+
+def example_order(problems: list[data.Problem], n: int, seed: int, order: str = ORDER) -> list[data.Problem]:
+    """The first ``n`` problems of one seeded permutation of the whole pool, in training order.
+
+    ``permutation-v2``: the order does not depend on ``n``, so a run of 400 is
+    the start of a run of 2,000. ``sample-v1`` (``random.sample(range, n)``, a
+    different order for each n) made the runs whose config.json has no
+    ``order``; it is kept so they resume on the examples they began with.
+    """
     if not 0 < n <= len(problems):
         raise TrainError(f"--examples must be between 1 and {len(problems)}, not {n}")
-    return [problems[i] for i in random.Random(seed).sample(range(len(problems)), n)]
+    if order == "permutation-v2":
+        picked = random.Random(seed).sample(range(len(problems)), len(problems))[:n]
+    elif order == "sample-v1":
+        picked = random.Random(seed).sample(range(len(problems)), n)
+    else:
+        raise TrainError(f"unknown example order {order!r} (known: permutation-v2, sample-v1)")
+    return [problems[i] for i in picked]
+
+
+def run_order(args: argparse.Namespace) -> str:
+    """A new run draws with ``ORDER``; a resumed one with the order it began with (no field: ``sample-v1``)."""
+    path = Path(args.out) / CONFIG
+    if args.resume and path.is_file():
+        return json.loads(path.read_text()).get("order", "sample-v1")
+    return ORDER
 
 
 def load_problems(dataset: str, split: str, source: str = "local", data_file: str | None = None) -> list:
@@ -108,46 +104,6 @@ def load_problems(dataset: str, split: str, source: str = "local", data_file: st
     if data_file:
         return data.read_jsonl(data_file, dataset, "custom")
     return data.load(dataset, split, None, source)
-
-
-def truncate_jsonl(path: Path, position: int) -> None:
-    """Keep only the records of examples before ``position`` (written before the checkpoint)."""
-    results.write_jsonl_atomic(path, [r for r in results.read_jsonl(path) if r["index"] < position])
-
-
-def save_checkpoint(run: Path, trainer: OnlineDPO, peft_model, position: int, pending: dict,
-                    elapsed: float, procs: Processes) -> None:
-    rng = procs.gather([{"torch": torch.get_rng_state(), "python": random.getstate()}])
-    if procs.rank == 0:
-        blob = {"position": position, "elapsed": elapsed, "world": procs.world, "rng": rng,
-                "pending": {role: [asdict(p) for p in pending[role]] for role in ROLES},
-                "trainer": trainer.state_dict()}
-        results.save_torch_atomic(run / CHECKPOINT, blob)
-        # peft-format export for `generate --adapters`; checkpoint.pt stays the source of truth
-        export, old = run / (ADAPTERS + ".tmp"), run / (ADAPTERS + ".old")
-        shutil.rmtree(export, ignore_errors=True)
-        adapters.save(peft_model, export, dtype=adapters.STORAGE_DTYPE)
-        if (run / ADAPTERS).exists():
-            os.replace(run / ADAPTERS, old)
-        os.replace(export, run / ADAPTERS)
-        shutil.rmtree(old, ignore_errors=True)
-    procs.barrier()
-
-
-def load_checkpoint(run: Path, trainer: OnlineDPO, procs: Processes) -> tuple[int, dict, float]:
-    blob = torch.load(run / CHECKPOINT, weights_only=True)
-    if blob["world"] != procs.world:
-        raise TrainError(f"{run} was checkpointed with {blob['world']} process(es); resume with the same number")
-    trainer.load_state_dict(blob["trainer"])
-    rng = blob["rng"][procs.rank]
-    torch.set_rng_state(rng["torch"])
-    random.setstate(_tuples(rng["python"]))
-    pending = {role: [Pair(**p) for p in blob["pending"][role]] for role in ROLES}
-    return blob["position"], pending, blob["elapsed"]
-
-
-def _tuples(x):
-    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 # ---------------------------------------------------------------- CLI
@@ -180,56 +136,58 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="run directory (runs/NAME)")
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out from its checkpoint")
     p.add_argument("--dtype", choices=list(models.DTYPES), default="auto",
-                   help="model dtype (default auto: bf16 where the CPU/GPU has fast bf16, else fp32); recorded in "
-                        "config.json's runtime block, and --resume refuses another dtype")
+                   help=models.DTYPE_HELP + ". Recorded in config.json's runtime block; --resume refuses another")
+    p.add_argument("--device", choices=models.DEVICES, default="auto",
+                   help=models.DEVICE_HELP + " (under accelerate: each process's own GPU). Recorded in config.json's "
+                        "runtime block; --resume refuses another (sampling draws from another generator)")
     add_flow_args(p)
     add_dpo_args(p)
     return p.parse_args(argv)
 
 
 def prepare_run(args: argparse.Namespace, argv: list[str], problems: list, flow: FlowConfig,
-                dpo: OnlineDPOConfig, world: int, net) -> Path:
+                dpo: OnlineDPOConfig, procs: Processes, net, order: str) -> Path:
     """Create the run directory, or check that --resume matches how it was started."""
     settings = {"model": args.model, "dataset": args.dataset, "split": args.split, "source": args.source,
-                "data_file": args.data_file, "examples": args.examples, "seed": dpo.seed, "world_size": world,
+                "data_file": args.data_file, "examples": args.examples, "seed": dpo.seed, "world_size": procs.world,
                 "flow": asdict(flow), "dpo": asdict(dpo)}
+    runtime = {**results.runtime(net), "device": procs.device.type}
     run = Path(args.out)
     config_path = run / CONFIG
     if args.resume:
         if not config_path.is_file():
             raise TrainError(f"nothing to resume: {config_path} does not exist (drop --resume to start the run)")
-        old = json.loads(config_path.read_text())
-        if old["settings"] != settings:
-            diff = results.settings_diff(old["settings"], settings)
-            raise TrainError(f"{run} was started with other settings {diff} (old, new); "
-                             "resume with the original arguments or use another --out")
-        # its progress, pairs and adapters would mix two dtypes (a ValueError, reported by main)
-        results.check_dtype(run, old.get("runtime", {}).get("dtype"), results.runtime(net)["dtype"])
+        check_resume(run, json.loads(config_path.read_text()), settings, [q.id for q in problems], runtime, order)
     else:
         if config_path.exists() or (run / PROGRESS).exists():
             raise TrainError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
         run.mkdir(parents=True, exist_ok=True)
         config = {**results.provenance(settings, results.cli_command("train", argv)),
-                  "runtime": results.runtime(net), "example_ids": [q.id for q in problems]}
+                  "runtime": runtime, "order": order, "example_ids": [q.id for q in problems]}
         results.write_json_atomic(config_path, config)
     return run
 
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
-    procs = Processes()
     try:
+        procs = Processes(models.resolve_device(args.device))
         flow, dpo = flow_config(args), dpo_config(args)
         dpo.check()
+        order = run_order(args)
         problems = example_order(load_problems(args.dataset, args.split, args.source, args.data_file),
-                                 args.examples, dpo.seed)
-        net, tok = models.load(args.model, args.dtype)
-        run = prepare_run(args, argv, problems, flow, dpo, procs.world, net) if procs.rank == 0 else Path(args.out)
+                                 args.examples, dpo.seed, order)
+        net, tok = models.load(args.model, args.dtype, device=procs.device)
+        run = prepare_run(args, argv, problems, flow, dpo, procs, net, order) if procs.rank == 0 else Path(args.out)
     except (TrainError, data.DataError, models.ModelError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     procs.barrier()
-    train(net, tok, problems, run, flow, dpo, procs, resume=args.resume)
+    try:
+        train(net, tok, problems, run, flow, dpo, procs, resume=args.resume)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -299,7 +257,8 @@ def train(net, tok, problems: list[data.Problem], run: Path, flow: FlowConfig, d
                 kinds = [p.role for p in x.pairs]
                 record = {
                     "index": i, "problem_id": t.problem_id, "correct": t.correct, "extracted": t.extracted,
-                    "gold": t.gold, "n_chunks": len(t.chunks), "end_reason": t.end_reason, "n_tokens": t.n_tokens,
+                    "gold": t.gold, "completion": t.completion,  # the graded text: the accuracy can be re-graded
+                    "n_chunks": len(t.chunks), "end_reason": t.end_reason, "n_tokens": t.n_tokens,
                     "n_rollouts": len(x.rollouts), "rollouts_correct": sum(r.correct for r in x.rollouts),
                     "n_answer_pairs": kinds.count("answer"), "n_stop_pairs": kinds.count("stop"),
                     "losses": steps if j == len(found) - 1 else [],

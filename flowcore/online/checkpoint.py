@@ -1,0 +1,111 @@
+"""What a killed ``python -m flowcore train`` needs to continue exactly (``--resume``).
+
+``checkpoint.pt`` is replaced atomically every ``checkpoint_every`` examples
+and holds the position (the next example), the pending pairs of each adapter,
+the trainer (adapters, optimizers, step counts), the seconds so far, and the
+state of every random generator each process draws from:
+
+- python ``random``;
+- torch's CPU generator (LoRA dropout masks, and rollout sampling on the CPU);
+- every CUDA device's generator, when torch sees CUDA: on a GPU the rollouts'
+  ``multinomial`` and the dropout masks draw from it, not from the CPU's.
+
+numpy's generator is not saved: nothing in a run draws from it.
+
+``adapters/`` is the same adapters in peft format (for ``generate --adapters``),
+exported at each checkpoint; ``checkpoint.pt`` stays the source of truth.
+``--resume`` reloads the checkpoint and drops the lines of ``progress.jsonl``
+and ``pairs.jsonl`` written after it, so the files come out as in an
+uninterrupted run.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from flowcore import adapters, results
+from flowcore.adapters import ROLES
+from flowcore.online.rollouts import Pair
+
+CHECKPOINT, ADAPTERS = "checkpoint.pt", "adapters"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot continue in this process; the message says what to do."""
+
+
+def check_resume(run: Path, config: dict, settings: dict, example_ids: list[str], runtime: dict, order: str) -> None:
+    """Refuse to resume ``run`` (its ``config.json``: ``config``) with other settings, examples, dtype or device."""
+    if config["settings"] != settings:
+        diff = results.settings_diff(config["settings"], settings)
+        raise CheckpointError(f"{run} was started with other settings {diff} (old, new); "
+                              "resume with the original arguments or use another --out")
+    if example_ids != config["example_ids"]:
+        raise CheckpointError(f"the examples drawn now (order {order}) are not {run}/config.json's example_ids")
+    # its progress, pairs and adapters would mix two dtypes
+    results.check_dtype(run, config.get("runtime", {}).get("dtype"), runtime["dtype"])
+    started_on = config.get("runtime", {}).get("device")  # sampling would draw from another generator
+    if started_on and started_on != runtime["device"]:
+        raise CheckpointError(f"{run} was started on {started_on}, this process runs on {runtime['device']}: "
+                              f"pass --device {started_on}")
+
+
+def rng_state() -> dict:
+    """This process's generators (tensors and tuples only: ``torch.load(weights_only=True)`` reads them)."""
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_tuples(state["python"]))
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")  # absent in checkpoints from before CUDA states were saved
+    if cuda is not None:
+        if not torch.cuda.is_available():
+            raise CheckpointError("the checkpoint was made on a GPU and holds CUDA generator states; this process "
+                                  "sees no CUDA device, so rollouts would sample differently: resume on a GPU "
+                                  "(--device cuda)")
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def truncate_jsonl(path: Path, position: int) -> None:
+    """Keep only the records of examples before ``position`` (written before the checkpoint)."""
+    results.write_jsonl_atomic(path, [r for r in results.read_jsonl(path) if r["index"] < position])
+
+
+def save_checkpoint(run: Path, trainer, peft_model, position: int, pending: dict, elapsed: float, procs) -> None:
+    """Every process's generators, gathered; rank 0 writes ``checkpoint.pt`` and ``adapters/``."""
+    rng = procs.gather([rng_state()])
+    if procs.rank == 0:
+        blob = {"position": position, "elapsed": elapsed, "world": procs.world, "rng": rng,
+                "pending": {role: [asdict(p) for p in pending[role]] for role in ROLES},
+                "trainer": trainer.state_dict()}
+        results.save_torch_atomic(run / CHECKPOINT, blob)
+        export, old = run / (ADAPTERS + ".tmp"), run / (ADAPTERS + ".old")
+        shutil.rmtree(export, ignore_errors=True)
+        adapters.save(peft_model, export, dtype=adapters.STORAGE_DTYPE)
+        if (run / ADAPTERS).exists():
+            os.replace(run / ADAPTERS, old)
+        os.replace(export, run / ADAPTERS)
+        shutil.rmtree(old, ignore_errors=True)
+    procs.barrier()
+
+
+def load_checkpoint(run: Path, trainer, procs) -> tuple[int, dict, float]:
+    """Restore the trainer and this process's generators; (position, pending pairs, seconds so far)."""
+    blob = torch.load(run / CHECKPOINT, weights_only=True, map_location="cpu")  # every rank, whatever GPU saved it
+    if blob["world"] != procs.world:
+        raise CheckpointError(f"{run} was checkpointed with {blob['world']} process(es); resume with the same number")
+    trainer.load_state_dict(blob["trainer"])
+    set_rng_state(blob["rng"][procs.rank])
+    pending = {role: [Pair(**p) for p in blob["pending"][role]] for role in ROLES}
+    return blob["position"], pending, blob["elapsed"]
