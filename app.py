@@ -1,4 +1,4 @@
-"""Start the flowcore Gradio app: `python app.py [--model NAME] [--host H] [--port P]`.
+"""Start the flowcore Gradio app: `python app.py [--model NAME] [--device D] [--host H] [--port P]`.
 
 Builds the app from ``demo/`` and launches it; all model work lives in
 ``demo/services.py``. The model loads once, here, before the server starts.
@@ -34,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--flow-adapters", default=None,
                    help="answer/ + stop/ adapter dir (default: newest RUNS_DIR/*/adapters, else untrained)")
     p.add_argument("--max-question-tokens", type=int, default=d.max_question_tokens)
+    p.add_argument("--device", choices=models.DEVICES, default=d.device, help=models.DEVICE_HELP)
     return p.parse_args(argv)
 
 
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
 
     config = DemoConfig(model=args.model, results_dir=args.results_dir, results_root=args.results_root,
                         runs_dir=args.runs_dir, flow_adapters=args.flow_adapters,
-                        max_question_tokens=args.max_question_tokens)
+                        max_question_tokens=args.max_question_tokens, device=args.device)
     try:
         service = DemoService.load(config)
     except (ModelError, FileNotFoundError, ValueError) as e:

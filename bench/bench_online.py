@@ -43,7 +43,7 @@ def naive_loop(net, tok, problems, flow, dpo):
     from flowcore.online.rollouts import ROLES, answer_pair, stop_pairs
 
     torch.manual_seed(dpo.seed)
-    peft = adapters.attach(net, dpo.lora())
+    peft = adapters.attach(net, adapters.lora_config(dpo))
     peft.eval()
     trainer = OnlineDPO(peft, tok.pad_token_id, dpo)
     engine = FlowEngine(peft, tok, flow, reuse_kv=False)  # plain: every generate call encodes its whole input

@@ -29,10 +29,9 @@ from flowcore import adapters, data, models
 from flowcore.data import DataError, Problem
 from flowcore.eval.evaluate import LABELS, MODELS, ZERO_SHOT
 from flowcore.flow.engine import Chunk, FlowConfig, FlowEngine, FlowState, Trace
-from flowcore.online.rollouts import Exploration
+from flowcore.online.rollouts import Exploration, explore_flows
 
 from . import files
-from .explore import explore_flow
 from .files import REPRODUCE_CMD, TRAIN_CMD, Figure, find_adapter_dir, newest_flow_adapters
 
 SFT_SOURCES = {m: LABELS[m] for m in MODELS if m != ZERO_SHOT}  # source -> column label (FLOW-DPO.md Table 1)
@@ -51,6 +50,7 @@ class DemoConfig:
     """Settings of the app (``app.py`` flags map onto these)."""
 
     model: str = models.DEFAULT_MODEL  # embedded name, local dir or hub id
+    device: str = "auto"  # where the model runs (models.DEVICES): auto is the GPU when torch sees one
     results_dir: str = "results/cpu"  # SFT adapters at <results_dir>/sft/<source>/ (issue 5's cpu preset)
     results_root: str = "results"  # result tables at <results_root>/*/table.json
     runs_dir: str = "runs"  # online-DPO runs at <runs_dir>/<name>/ (issue 4)
@@ -117,9 +117,9 @@ class DemoService:
     def load(cls, config: DemoConfig, log: Callable[[str], None] | None = None) -> "DemoService":
         """Load the model named in ``config`` (once, at start-up) and attach the adapters."""
         log = log or console_log
-        log(f"[1/3] loading model {config.model} ...")
+        log(f"[1/3] loading model {config.model} (device {config.device}) ...")
         t0 = time.time()
-        model, tok = models.load(config.model)
+        model, tok = models.load(config.model, device=config.device)
         log(f"[1/3] model loaded in {time.time() - t0:.1f}s")
         return cls(model, tok, config, log)
 
@@ -282,7 +282,8 @@ class DemoService:
         t1 = time.perf_counter()
         with self.lock:
             torch.manual_seed(cfg.seed)
-            view.exploration = explore_flow(engine, state, view.trace, view.rollouts, temperature)
+            # the flow on screen, not a new run: its pairs are the ones training would make from it
+            [view.exploration] = explore_flows(engine, [state], view.rollouts, temperature, [view.trace])
         view.rollout_seconds = time.perf_counter() - t1
         view.phase = "done"
         yield view

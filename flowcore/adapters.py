@@ -36,6 +36,11 @@ class LoraConfig:
         )
 
 
+def lora_config(cfg) -> LoraConfig:
+    """The LoRA shape of a training config's ``lora_r``, ``lora_alpha``, ``lora_dropout``, ``lora_targets``."""
+    return LoraConfig(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_targets)
+
+
 def attach(model, lora: LoraConfig | None = None, roles=ROLES):
     """Wrap a base model with fresh (zero-effect: LoRA B starts at 0) named adapters."""
     from peft import get_peft_model

@@ -337,6 +337,27 @@ def test_app_flags(monkeypatch):
     args = app.parse_args(["--port", "7999", "--host", "0.0.0.0"])
     assert (args.model, args.port, args.host) == ("smollm2-135m-instruct", 7999, "0.0.0.0")
     assert app.parse_args(["--model", "tiny-dir"]).model == "tiny-dir"
+    assert app.parse_args([]).device == "auto" and app.parse_args(["--device", "cpu"]).device == "cpu"
+    with pytest.raises(SystemExit):
+        app.parse_args(["--device", "tpu"])
+
+
+def test_app_device_reaches_the_model_load(monkeypatch, capsys):
+    """`python app.py --device cpu` loads the model on the CPU (models.load gets the flag's value)."""
+    import app
+    from flowcore import models
+
+    calls = []
+
+    def load(model, dtype=None, device="auto"):
+        calls.append((model, device))
+        raise models.ModelError("no model in this test")  # app.main stops here, before building the UI
+
+    monkeypatch.setattr(models, "load", load)
+    assert app.main(["--model", "tiny-dir", "--device", "cpu"]) == 1
+    assert calls == [("tiny-dir", "cpu")] and "no model in this test" in capsys.readouterr().err
+    assert app.main(["--model", "tiny-dir"]) == 1
+    assert calls[-1] == ("tiny-dir", "auto")
 
 
 def test_results_table_shows_the_paired_tests_and_what_made_it(tmp_path):

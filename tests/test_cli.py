@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from flowcore import cli
+from flowcore import cli, models
 
 
 def test_top_level_help_describes_every_command(capsys):
@@ -22,10 +22,12 @@ def test_unknown_command_lists_the_commands(capsys):
 
 
 @pytest.mark.parametrize("cmd,option,default", [("train", "--lora-r", "8"), ("generate", "--chunk-size", "160"),
-                                                ("reproduce", "--stages", "all")])
+                                                ("reproduce", "--stages", "all"),
+                                                ("model-path", "NAME", models.DEFAULT_MODEL)])  # a positional
 def test_command_help_shows_defaults(cmd, option, default):
     out = subprocess.run([sys.executable, "-m", "flowcore", cmd, "--help"], capture_output=True, text=True,
                          check=True).stdout
     block = out[out.index(f"  {option}"):]
     block = block[:block.index("\n  -", 1)] if "\n  -" in block[1:] else block
     assert f"(default: {default})" in " ".join(block.split())
+    assert out.startswith(f"usage: python -m flowcore {cmd} ")  # --help is never taken for a value

@@ -197,6 +197,7 @@ def test_tiny_pipeline_end_to_end(tmp_path, one_thread, capsys):
         pipeline.Pipeline(cfg, "x", eval_rows=("zero_shot",), eval_sets=("gsm8k-problems-first4",),
                            dtype="bfloat16").eval()
     pipe.run(("eval", "table"))
+    assert json.loads((out / "traces" / "prompts.json").read_text())["order"] == cfg.prompt_order == "sample-v1"
     selection = json.loads((out / "sft_data" / "selection.json").read_text())
     n = selection["traces_per_source"]
     assert n > 0 and selection["rule"] == traces.SELECTION_RULE
@@ -234,6 +235,27 @@ def test_tiny_pipeline_end_to_end(tmp_path, one_thread, capsys):
     cfg.samples = 3
     with pytest.raises(pipeline.ReproduceError, match="other settings"):
         pipeline.Pipeline(cfg, "x").run()
+
+
+def test_cpu_preset_draws_the_committed_prompts(tmp_path):
+    """The training order's default changed (permutation-v2); a rerun of results/cpu must keep its prompts."""
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parents[1] / "results" / "cpu"
+    cfg = presets.PRESETS["cpu"]()
+    assert cfg.prompt_order == "sample-v1"
+    pipe = pipeline.Pipeline(cfg, "x")
+    assert [p.id for p in pipe.prompts()] == json.loads((committed / "traces" / "prompts.json").read_text())[
+        "prompt_ids"]
+    # its config.json predates the prompt_order setting: it is read as sample-v1, so the rerun is not refused
+    made = json.loads((committed / "config.json").read_text())
+    assert "prompt_order" not in made["settings"]
+    cfg.out = made["settings"]["out"] = str(tmp_path)  # the same settings, written elsewhere
+    (tmp_path / "config.json").write_text(json.dumps(made))
+    pipeline.Pipeline(cfg, "x").start()
+    cfg.prompt_order = "permutation-v2"
+    with pytest.raises(pipeline.ReproduceError, match="prompt_order"):
+        pipeline.Pipeline(cfg, "x").start()
 
 
 def test_reproduce_cli_rejects_unknown_stage_row_or_set(capsys):

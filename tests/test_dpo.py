@@ -7,9 +7,8 @@ import pytest
 import torch
 
 import tinyflow
-from flowcore import adapters, data
+from flowcore import adapters
 from flowcore.online.dpo import OnlineDPO, OnlineDPOConfig, adapter_params, dpo_loss, sequence_logps
-from flowcore.flow.engine import FlowConfig, FlowEngine
 from flowcore.online.rollouts import Pair, explore
 
 
@@ -67,10 +66,8 @@ def test_a_step_raises_the_chosen_log_ratio(tiny):
 
 
 def test_one_online_step_changes_only_the_intended_adapter(tmp_path):
-    model, tok = tinyflow.load_taught()
-    peft = adapters.attach(model)
-    problems = data.read_jsonl(tinyflow.write_problems(tmp_path / "p.jsonl", 4), "gsm8k", "custom")
-    engine = FlowEngine(peft, tok, FlowConfig(chunk_size=6, max_steps=6, stop_threshold=1.0, batch_size=64))
+    engine, problems = tinyflow.taught_engine(tmp_path, 4, stop_threshold=1.0)
+    peft, tok = engine.model, engine.tok
     torch.manual_seed(0)
     pairs = [p for x in explore(engine, problems) for p in x.pairs]
     by_role = {role: [p for p in pairs if p.role == role] for role in ("answer", "stop")}

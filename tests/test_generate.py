@@ -93,3 +93,12 @@ def test_zero_shot_mode_has_no_stop_decisions(tiny_dir, tmp_path):
 def test_bad_model_is_a_clear_error(tmp_path, capsys):
     assert generate.main(_args(str(tmp_path), tmp_path / "x.jsonl")) == 1
     assert "could not load model" in capsys.readouterr().err
+
+
+def test_engine_vllm_without_vllm_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from flowcore.flow import vllm_engine
+
+    monkeypatch.setattr(vllm_engine, "available", lambda: False)
+    rc = generate.main(["--engine", "vllm", "--model", "smollm2-135m-instruct", "--limit", "1",
+                        "--out", str(tmp_path / "t.jsonl")])
+    assert rc == 1 and "requirements-vllm.txt" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Embedded models: join + verify, clear errors, and the real smollm2 path (integration)."""
+"""Embedded models (join + verify, clear errors), loading (dtype, device), and the real smollm2 path (integration)."""
 import hashlib
 import json
 import subprocess
@@ -8,19 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowcore import models
+from flowcore import embedded, models
 from flowcore.data import Problem
 from flowcore.flow.engine import FlowConfig, FlowEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _fake_spec(sha256: str, size: int) -> models.EmbeddedModel:
+def _fake_spec(sha256: str, size: int) -> embedded.EmbeddedModel:
     # "parts" taken from an installed package, the way an installed model package is found
     import tqdm
 
     inner = "tqdm/__init__.py"
-    return models.EmbeddedModel("fake", (("tqdm", tqdm.__version__, inner), ("tqdm", tqdm.__version__, inner)),
+    return embedded.EmbeddedModel("fake", (("tqdm", tqdm.__version__, inner), ("tqdm", tqdm.__version__, inner)),
                                 "fake.gguf", size, sha256)
 
 
@@ -30,7 +30,7 @@ def test_parts_are_joined_in_order_and_verified(tmp_path):
     part = (Path(tqdm.__file__)).read_bytes()
     joined = part + part
     spec = _fake_spec(hashlib.sha256(joined).hexdigest(), len(joined))
-    out = models.fetch_gguf(spec, tmp_path)
+    out = embedded.fetch_gguf(spec, tmp_path)
     assert out.read_bytes() == joined
 
 
@@ -39,7 +39,7 @@ def test_checksum_mismatch_is_one_clear_error(tmp_path):
 
     size = 2 * len(Path(tqdm.__file__).read_bytes())
     with pytest.raises(models.ModelError, match=r"expected .* Fix:"):
-        models.fetch_gguf(_fake_spec("0" * 64, size), tmp_path)
+        embedded.fetch_gguf(_fake_spec("0" * 64, size), tmp_path)
     assert not (tmp_path / "fake.gguf").exists()  # a bad file is not left behind
 
 
@@ -50,6 +50,15 @@ def test_unknown_model_name_and_bad_path_are_clear_errors(tmp_path):
     bad.mkdir()
     with pytest.raises(models.ModelError, match="could not load model"):
         models.load(str(bad))
+
+
+def test_models_keeps_the_embedded_names_and_both_modules_stay_short():
+    """STYLE.md: one module, one job (~300 lines at most); ``models.X`` still names the embedded registry's X."""
+    for name in ("DEFAULT_MODEL", "TEST_MODEL", "REGISTRY", "EmbeddedModel", "ModelError", "ensure_model",
+                 "converted_dir", "fetch_gguf"):
+        assert getattr(models, name) is getattr(embedded, name)
+    for module in (models, embedded):
+        assert len(Path(module.__file__).read_text().splitlines()) <= 300, module.__name__
 
 
 def test_fast_dtype_is_a_float_type(monkeypatch):

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import tinyflow
-from flowcore import adapters, data
+from flowcore import data
 from flowcore.online import diagnostics
 from flowcore.flow.engine import Chunk, FlowConfig, FlowEngine, FlowState
-from flowcore.online.rollouts import answer_pair, explore, stop_pairs, stop_prompt_ids
+from flowcore.online.rollouts import answer_pair, explore, explore_flows, stop_pairs, stop_prompt_ids
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -116,11 +116,8 @@ def test_stop_pairs_when_the_flow_stopped(engine):
 
 
 def test_explore_pairs_match_rollout_outcomes_and_batch_all_rollouts(tmp_path):
-    model, tok = tinyflow.load_taught()
-    model = adapters.attach(model)
-    problems = data.read_jsonl(tinyflow.write_problems(tmp_path / "p.jsonl", 6), "gsm8k", "custom")
-    cfg = FlowConfig(chunk_size=6, max_steps=6, stop_threshold=1.0, batch_size=64)
-    engine = FlowEngine(model, tok, cfg)
+    engine, problems = tinyflow.taught_engine(tmp_path, 6, stop_threshold=1.0)
+    cfg = engine.cfg
     torch.manual_seed(0)
     found = explore(engine, problems, rollouts=2, temperature=1.0)
     assert len(found) == len(problems)
@@ -156,10 +153,7 @@ def test_explore_pairs_match_rollout_outcomes_and_batch_all_rollouts(tmp_path):
 
 
 def test_explore_plays_out_continue_counterfactuals(tmp_path):
-    model, tok = tinyflow.load_taught()
-    model = adapters.attach(model)
-    problems = data.read_jsonl(tinyflow.write_problems(tmp_path / "p.jsonl", 4), "gsm8k", "custom")
-    engine = FlowEngine(model, tok, FlowConfig(chunk_size=6, max_steps=6, batch_size=64))
+    engine, problems = tinyflow.taught_engine(tmp_path, 4)
     # a scripted Stop LLM: says Yes after the 3rd chunk ("... The final answer is \\"), before the boxed answer
     engine.stop_probs = lambda states: [0.9 if len(s.chunks) == 3 else 0.1 for s in states]
     torch.manual_seed(0)
@@ -168,6 +162,26 @@ def test_explore_plays_out_continue_counterfactuals(tmp_path):
     stop = [p for x in found for p in x.pairs if p.role == "stop"]
     # stopping gave a wrong partial; continuing reached the gold on some problems -> chosen "No" there
     assert stop and all(p.node == 2 and p.chosen_text == "No" and "continuing would give" in p.reason for p in stop)
+
+
+def test_explore_flows_on_finished_flows_is_explore_after_the_flow(tmp_path):
+    """One copy of steps 2-4: flows run first (as the app shows them), then explored, give explore's result."""
+    engine, problems = tinyflow.taught_engine(tmp_path, 3, stop_threshold=1.0)
+    torch.manual_seed(0)
+    expected = explore(engine, problems, rollouts=2)
+    torch.manual_seed(0)
+    states = [FlowState(p) for p in problems]
+    for _ in engine.run(states):
+        pass
+    found = explore_flows(engine, states, rollouts=2)
+    assert [x.trace for x in found] == [x.trace for x in expected]
+    assert [x.rollouts for x in found] == [x.rollouts for x in expected]
+    assert [[p.to_dict() for p in x.pairs] for x in found] == [[p.to_dict() for p in x.pairs] for x in expected]
+    traces = [engine.trace(s) for s in states]  # given traces are used as they are
+    again = explore_flows(engine, states, rollouts=0, traces=traces)
+    assert all(x.trace is t and not x.rollouts for x, t in zip(again, traces))
+    with pytest.raises(ValueError, match="rollouts must be >= 0"):
+        explore_flows(engine, states, rollouts=-1)
 
 
 def test_diagnostics_reads_the_stop_pairs_written_here(engine):

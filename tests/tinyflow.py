@@ -88,3 +88,15 @@ def load_taught():
     from flowcore import models
 
     return models.load(taught_dir())
+
+
+def taught_engine(tmp_path: Path, n: int, **flow):
+    """(engine, problems): the taught tiny model with fresh answer/stop adapters, a FlowEngine on it with
+    chunk 6, max 6 steps, batch 64 (``flow`` overrides), and ``n`` written problems."""
+    from flowcore import adapters, data
+    from flowcore.flow.engine import FlowConfig, FlowEngine
+
+    model, tok = load_taught()
+    problems = data.read_jsonl(write_problems(tmp_path / "p.jsonl", n), "gsm8k", "custom")
+    cfg = FlowConfig(**{"chunk_size": 6, "max_steps": 6, "batch_size": 64, **flow})
+    return FlowEngine(adapters.attach(model), tok, cfg), problems

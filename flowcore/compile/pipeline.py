@@ -47,7 +47,8 @@ class Pipeline:
         path = self.out / "config.json"
         settings = {**self.cfg.settings(), "flow_adapters": str(self.flow_adapters)}
         if path.is_file():
-            old = json.loads(path.read_text())["settings"]
+            # directories made before prompt_order was a setting drew their prompts with sample-v1
+            old = {"prompt_order": "sample-v1", **json.loads(path.read_text())["settings"]}
             if old != settings:
                 diff = results.settings_diff(old, settings)
                 raise ReproduceError(f"{self.out} was made with other settings {diff} (old, new); "
@@ -66,7 +67,7 @@ class Pipeline:
         problems = []
         for ps in self.cfg.prompt_sets:
             pool = load_problems(ps.dataset, ps.split, "local", ps.data_file)
-            problems += example_order(pool, ps.n, self.cfg.prompt_seed)
+            problems += example_order(pool, ps.n, self.cfg.prompt_seed, self.cfg.prompt_order)
         return problems
 
     def results_file(self, path: Path, **settings) -> results.ResultsFile:
@@ -102,7 +103,8 @@ class Pipeline:
         tdir.mkdir(parents=True, exist_ok=True)
         results.write_json_atomic(tdir / "prompts.json", {"prompt_ids": [p.id for p in problems],
                                                            "prompt_sets": [asdict(s) for s in self.cfg.prompt_sets],
-                                                           "seed": self.cfg.prompt_seed})
+                                                           "seed": self.cfg.prompt_seed,
+                                                           "order": self.cfg.prompt_order})
         gt = traces.ground_truth_records(problems)
         results.write_jsonl_atomic(tdir / "ground_truth.jsonl", gt)
         print(f"[traces] ground truth: {sum(r['correct'] for r in gt)}/{len(gt)} grade correct")

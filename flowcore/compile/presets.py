@@ -27,6 +27,8 @@ class ReproduceConfig:
     model: str = models.DEFAULT_MODEL
     prompt_sets: list[PromptSet] = field(default_factory=list)
     prompt_seed: int = 1  # (ours) != the DPO run's seed 0, so the compile prompts are not its training stream
+    # how the prompts are drawn (``train.example_order``); sample-v1 made results/cpu, so a rerun keeps its prompts
+    prompt_order: str = "sample-v1"
     samples: int = 1  # traces per prompt from each model source (self-generated, flow-generated)
     sample_temperature: float = 0.0  # 0: greedy (one sample is then the model's deterministic answer)
     flow: FlowConfig = field(default_factory=FlowConfig)  # budget and decoding of every model in the pipeline

@@ -58,10 +58,6 @@ class CompileConfig:
     checkpoint_every: int = 1  # (ours) optimizer steps between atomic checkpoints
     seed: int = 0  # LoRA init, example order, dropout
 
-    def lora(self) -> adapters.LoraConfig:
-        return adapters.LoraConfig(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
-                                   target_modules=self.lora_targets)
-
     def check(self) -> None:
         for name in ("lr", "batch_size", "micro_batch", "epochs", "max_answer_tokens", "checkpoint_every"):
             if not getattr(self, name) > 0:
@@ -134,7 +130,7 @@ def sft(model, tok, name: str, rows: list[dict], cfg: CompileConfig, out: str | 
                                            "examples": len(rows)}, command)
 
     torch.manual_seed(cfg.seed)  # the same LoRA init for every source
-    model = add_adapter(model, name, cfg.lora())
+    model = add_adapter(model, name, adapters.lora_config(cfg))
     adapters.enable_activation_checkpointing(model)
     params = adapter_params(model, name)
     for p in params:

@@ -48,6 +48,17 @@ def load_model_with_adapters(model_name: str, adapter_dir: str | None, dtype: st
     return net, tok
 
 
+def open_engine(args: argparse.Namespace, cfg: FlowConfig) -> FlowEngine:
+    """The flow engine ``--engine`` names, with ``--model``, ``--adapters``, ``--dtype`` and ``--device``."""
+    if args.engine == "vllm":
+        from flowcore.flow.vllm_engine import VLLMFlowEngine
+
+        dtype = args.dtype if args.dtype != "auto" else str(models.fast_dtype(models.resolve_device(args.device)))
+        return VLLMFlowEngine(args.model, cfg, args.adapters, dtype=dtype.removeprefix("torch."), seed=cfg.seed)
+    net, tok = load_model_with_adapters(args.model, args.adapters, args.dtype, args.device)
+    return FlowEngine(net, tok, cfg)
+
+
 def solve_into(engine: FlowEngine, problems: list[data.Problem], out: ResultsFile, desc: str) -> None:
     """Solve the problems not yet in ``out``, appending each trace as its flow finishes."""
     from tqdm import tqdm
@@ -74,6 +85,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--dtype", choices=list(models.DTYPES), default="auto",
                    help=models.DTYPE_HELP + "; recorded in the meta file")
     p.add_argument("--device", choices=models.DEVICES, default="auto", help=models.DEVICE_HELP)
+    p.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                   help="hf: transformers (batched, KV reuse); vllm: vLLM, optional (requirements-vllm.txt, "
+                        "docs/engine.md); recorded in the meta file's settings")
     add_data_args(p)
     add_flow_args(p)
     p.add_argument("--out", required=True, help="traces JSONL (resumed if it exists with the same settings)")
@@ -88,14 +102,15 @@ def main(argv: list[str]) -> int:
             cfg = zero_shot_config(cfg)
         settings = {"model": args.model, "adapters": args.adapters, "mode": args.mode, "dataset": args.dataset,
                     "split": args.split, "limit": args.limit, "source": args.source, "flow": asdict(cfg)}
+        if args.engine != "hf":
+            settings["engine"] = args.engine  # a file made on one engine is not resumed on the other
         out = ResultsFile(args.out, settings, cli_command("generate", argv), overwrite=args.overwrite)
-        net, tok = load_model_with_adapters(args.model, args.adapters, args.dtype, args.device)
-        out.note_runtime(net)  # a file started in another dtype is refused
+        engine = open_engine(args, cfg)
+        out.note_runtime(engine.model if args.engine == "hf" else engine)  # a file started in another dtype is refused
     except (data.DataError, models.ModelError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
-    engine = FlowEngine(net, tok, cfg)
     solve_into(engine, problems, out, desc=f"{args.mode} {args.dataset}")
 
     wanted = {q.id for q in problems}

@@ -55,10 +55,6 @@ class OnlineDPOConfig:
     checkpoint_every: int = 50  # (ours) examples between atomic checkpoints
     seed: int = 0  # (ours) example order, LoRA init and sampling
 
-    def lora(self) -> adapters.LoraConfig:
-        return adapters.LoraConfig(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
-                                   target_modules=self.lora_targets)
-
     def check(self) -> None:
         for name in ("lr", "batch_pairs", "beta", "group_size", "micro_batch", "checkpoint_every"):
             if not getattr(self, name) > 0:

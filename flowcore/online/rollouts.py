@@ -1,6 +1,7 @@
 """Rollouts and DPO preference pairs for online Flow-DPO (FLOW-DPO.md section 2, items 1-4).
 
-For a batch of problems, ``explore`` does, in order:
+For a batch of problems, ``explore`` does, in order (``explore_flows`` is
+steps 2-4, on flows already run: the app explores the flow it has shown):
 
 1. **The flow** on every problem (``engine.run``, the engine's own decoding:
    greedy by default). Its trace is the example's progressive-validation
@@ -109,14 +110,24 @@ def stop_prompt_ids(engine: FlowEngine, problem: Problem, answer_ids: list[int])
 def explore(engine: FlowEngine, problems: list[Problem], rollouts: int = 1,
             temperature: float = 1.0) -> list[Exploration]:
     """Flow, rollouts and DPO pairs for each problem (same order as ``problems``)."""
-    if rollouts < 0:
-        raise ValueError(f"rollouts must be >= 0, not {rollouts}")
+    _check_rollouts(rollouts)
     originals = [FlowState(p) for p in problems]
     for _ in engine.run(originals):
         pass
-    traces = [engine.trace(s) for s in originals]
+    return explore_flows(engine, originals, rollouts, temperature)
 
-    # Answer rollouts: (problem index, node, branch), the new chunk must differ from the original's.
+
+def explore_flows(engine: FlowEngine, originals: list[FlowState], rollouts: int = 1, temperature: float = 1.0,
+                  traces: list[Trace] | None = None) -> list[Exploration]:
+    """Steps 2-4 on finished flows: their rollouts and DPO pairs (same order as ``originals``).
+
+    ``traces``: the flows' traces if the caller already has them (else ``engine.trace``).
+    The app explores the flow it has just shown with this, so its pairs are the ones training makes.
+    """
+    _check_rollouts(rollouts)
+    traces = [engine.trace(s) for s in originals] if traces is None else traces
+
+    # Answer rollouts: (flow index, node, branch), the new chunk must differ from the original's.
     answer_branches = [(i, k, engine.branch(s, k)) for i, s in enumerate(originals)
                        for k in range(len(s.chunks)) for _ in range(rollouts)]
     avoid = [originals[i].chunks[k].token_ids for i, k, _ in answer_branches]
@@ -141,6 +152,11 @@ def explore(engine: FlowEngine, problems: list[Problem], rollouts: int = 1,
     for i, (s, trace) in enumerate(zip(originals, traces)):
         explorations[i].pairs.extend(stop_pairs(engine, s, trace, continued.get(i)))
     return explorations
+
+
+def _check_rollouts(rollouts: int) -> None:
+    if rollouts < 0:
+        raise ValueError(f"rollouts must be >= 0, not {rollouts}")
 
 
 def answer_pair(engine: FlowEngine, original: FlowState, trace: Trace, k: int,

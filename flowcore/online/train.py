@@ -198,7 +198,7 @@ def train(net, tok, problems: list[data.Problem], run: Path, flow: FlowConfig, d
           procs: Processes, resume: bool = False) -> dict:
     """Run (or resume) the online loop over ``problems``; returns a summary of this process's work."""
     torch.manual_seed(dpo.seed)  # the same LoRA init on every process
-    peft_model = adapters.attach(net, dpo.lora())
+    peft_model = adapters.attach(net, adapters.lora_config(dpo))
     peft_model.eval()
     trainer = OnlineDPO(peft_model, tok.pad_token_id, dpo, procs.rank, procs.world, procs.all_reduce)
     engine = FlowEngine(peft_model, tok, flow)
