@@ -64,7 +64,9 @@ def enable_activation_checkpointing(model) -> None:
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(base, "supports_gradient_checkpointing", False):
-        base.activation_checkpointing_enable()
+        # transformers 5.23 renamed it (the old name stays as a deprecated alias); 5.19, pinned for vLLM, has the old
+        enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
+        enable()
 
 
 def load(model, directory: str | Path, roles=ROLES, trainable: bool = False):
