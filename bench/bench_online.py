@@ -40,7 +40,8 @@ def naive_loop(net, tok, problems, flow, dpo):
     from flowcore import adapters
     from flowcore.online.dpo import OnlineDPO
     from flowcore.flow.engine import FlowEngine, FlowState
-    from flowcore.online.rollouts import ROLES, answer_pair, stop_pairs
+    from flowcore.adapters import ROLES
+    from flowcore.online.rollouts import answer_pair, stop_pairs
 
     torch.manual_seed(dpo.seed)
     peft = adapters.attach(net, adapters.lora_config(dpo))
@@ -86,7 +87,8 @@ def one_mode(args) -> dict:
     from flowcore import data, models
     from flowcore.online.dpo import OnlineDPOConfig
     from flowcore.flow.engine import FlowConfig
-    from flowcore.online.train import Processes, example_order, train
+    from flowcore.online.processes import Processes
+    from flowcore.online.train import example_order, train
 
     problems = example_order(data.load("gsm8k", "train"), args.examples, 0)
     flow = FlowConfig(chunk_size=args.chunk_size, max_steps=args.max_steps, batch_size=args.batch_size)

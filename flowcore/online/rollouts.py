@@ -46,7 +46,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flowcore import grading, prompts
-from flowcore.adapters import ROLES  # noqa: F401  (the roles of the pairs; imported from here by older code)
 from flowcore.data import Problem
 from flowcore.flow.engine import FlowEngine, FlowState, Trace
 
