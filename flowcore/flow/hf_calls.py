@@ -6,7 +6,6 @@ docstring for the batching, KV reuse and compaction it implements); the flow's l
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import time
 from typing import Iterator
@@ -14,9 +13,9 @@ from typing import Iterator
 import torch
 from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
-from flowcore import adapters, prompts
-from flowcore.data import Problem
+from flowcore import adapters
 from flowcore.flow.state import Chunk, FlowConfig, FlowState, KVPrefix
+from flowcore.flow.text import FlowText
 
 PASS_ROWS = 8  # (ours) rows per prompt-encoding pass (Stop LLM, Answer prefill), grouped by length
 # (ours) compaction: a generate call ends once at most this fraction of its rows are still decoding and
@@ -46,38 +45,14 @@ class _FewRowsLeft(StoppingCriteria):
         return torch.full((len(new),), stop, dtype=torch.bool, device=new.device)
 
 
-class ModelCalls:
+class ModelCalls(FlowText):
     """Answer chunks and Stop probabilities for many flows at once, on one model (with or without adapters)."""
 
     def __init__(self, model, tokenizer, config: FlowConfig | None = None, reuse_kv: bool = True):
-        self.model, self.tok = model, tokenizer
-        self.cfg = config or FlowConfig()
+        self.model = model
         self.reuse_kv = reuse_kv  # keep each flow's Answer KV cache between its chunks (see _generate)
-        self.yes_id, self.no_id = prompts.yes_no_ids(tokenizer)
         gen_eos = model.generation_config.eos_token_id
-        gen_eos = gen_eos if isinstance(gen_eos, list) else [gen_eos]
-        self.eos_ids = sorted({i for i in [tokenizer.eos_token_id, *gen_eos] if i is not None})
-        self._prompt_ids: dict[str, list[int]] = {}
-        # generated_tokens, {answer,stop}_calls, {answer,stop}_seconds, seconds,
-        # decoded_row_tokens (rows x new positions of each generate call: a row that has ended still
-        # decodes until its batch's longest chunk is done, so generated_tokens / this is the batch's use),
-        # stop_tokens (Stop prompt tokens asked about), stop_cached_tokens (of those, taken from a cache)
-        self.stats = collections.Counter()
-
-    # ------------------------------------------------------------ text
-
-    def prompt_ids(self, problem: Problem) -> list[int]:
-        key = problem.question
-        if key not in self._prompt_ids:
-            text = prompts.answer_prompt(self.tok, problem.question)
-            self._prompt_ids[key] = self.tok(text, add_special_tokens=False).input_ids
-        return self._prompt_ids[key]
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids, skip_special_tokens=True)
-
-    def completion(self, state: FlowState) -> str:
-        return self.decode(state.answer_ids())
+        self._init_flow(tokenizer, config, gen_eos if isinstance(gen_eos, list) else [gen_eos])
 
     # ------------------------------------------------------------ model calls
 
@@ -227,17 +202,26 @@ class ModelCalls:
         kvs: list[KVPrefix | None] = [None] * len(states)
         todo = list(range(len(states)))
         for _ in range(max_tries):
-            for start in range(0, len(todo), self.cfg.batch_size):
-                rows = todo[start:start + self.cfg.batch_size]
-                ids, caches = self._generate([seqs[i] for i in rows], temperature, [states[i].cache for i in rows])
-                for i, chunk_ids, kv in zip(rows, ids, caches):
-                    new[i], kvs[i] = chunk_ids, kv
+            made = self._chunks([seqs[i] for i in todo], [states[i] for i in todo], temperature)
+            for i, (chunk_ids, kv) in zip(todo, made):
+                new[i], kvs[i] = chunk_ids, kv
             todo = [i for i in todo if avoid and avoid[i] is not None and new[i] == avoid[i]]
             if not todo:
                 break
         return [
             Chunk(ids, self.decode(ids), eos=bool(ids) and ids[-1] in self.eos_ids, kv=kv) for ids, kv in zip(new, kvs)
         ]
+
+    def _chunks(self, seqs: list[list[int]], states: list[FlowState],
+                temperature: float) -> list[tuple[list[int], KVPrefix | None]]:
+        """One new chunk per sequence and its Answer cache after it: ``batch_size`` rows per call, each
+        from its flow's cache (the part of ``generate_chunks`` an engine on another backend replaces)."""
+        made = []
+        for start in range(0, len(seqs), self.cfg.batch_size):
+            rows = slice(start, start + self.cfg.batch_size)
+            ids, caches = self._generate(seqs[rows], temperature, [s.cache for s in states[rows]])
+            made += zip(ids, caches)
+        return made
 
     def _stop_prefix(self, state: FlowState, ids: list[int]) -> KVPrefix | None:
         """The part of the flow's Stop cache that ``ids`` starts with (at least one token left to encode)."""
@@ -256,8 +240,7 @@ class ModelCalls:
         With ``reuse_kv`` each row encodes only what its Stop cache does not hold, and the
         flow keeps the cache of its whole prompt for the next decision.
         """
-        enc = [self.tok(prompts.stop_prompt(self.tok, s.problem.question, self.completion(s)),
-                        add_special_tokens=False).input_ids for s in states]
+        enc = [self.stop_prompt_ids(s.problem, s.answer_ids()) for s in states]
         caches = [self._stop_prefix(s, ids) for s, ids in zip(states, enc)]
         new = [ids[c.n if c else 0:] for ids, c in zip(enc, caches)]
         # one forward per group of similar lengths: a prompt pass is compute-bound, so small groups cost

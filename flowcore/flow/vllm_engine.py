@@ -1,12 +1,13 @@
 """The flow on vLLM (``--engine vllm``): the same flow logic as ``FlowEngine``, its two LLM calls on vLLM.
 
-``VLLMFlowEngine`` inherits the flow's logic (step, judge, run, branch, trace, solve) from
-``FlowEngine`` and replaces the two calls that touch a model:
+``VLLMFlowEngine`` inherits the flow's logic (step, judge, run, branch, trace, solve, and
+``generate_chunks``' resampling of rows that reproduce the chunk to avoid) from ``FlowEngine`` and
+replaces the two calls that touch a model:
 
-- ``generate_chunks``: one ``LLM.generate`` call for all rows, token ids in (``TokensPrompt``),
-  token ids out; each row names its adapter (``LoRARequest``; both adapters resident, mixed in one
-  batch); each sampled row has its own seed, drawn from a counter (``draws``), so runs repeat;
-  rows that reproduce the chunk to avoid (rollouts) are resampled with new seeds;
+- ``_chunks``: one ``LLM.generate`` call for all rows, token ids in (``TokensPrompt``), token ids
+  out; each row names its adapter (``LoRARequest``; both adapters resident, mixed in one batch);
+  each sampled row has its own seed, drawn from a counter (``draws``), so runs repeat and a
+  resampled row gets a new seed;
 - ``stop_probs``: one generated token with ``logprob_token_ids=[Yes, No]``, normalised over the two.
 
 vLLM does the batching and the caching: prefix caching serves rollouts (a branch shares its
@@ -23,20 +24,27 @@ an ``if __name__ == "__main__":`` guard. ``VLLM_CPU_KVCACHE_SPACE`` (GiB, defaul
 """
 from __future__ import annotations
 
-import collections
 import importlib.util
 import math
 import os
 import time
 from pathlib import Path
 
-from flowcore import adapters, models, prompts
+from flowcore import adapters, models
 from flowcore.flow.engine import FlowEngine
-from flowcore.flow.state import Chunk, FlowConfig, FlowState
+from flowcore.flow.state import FlowConfig, FlowState
 
 
 def available() -> bool:
     return importlib.util.find_spec("vllm") is not None
+
+
+def cpu_env_defaults() -> None:
+    """vLLM's CPU settings unless set: a 2 GiB KV cache (without a set size the CPU backend refuses to start
+    unless 92% of the machine's memory is free) and ``auto`` thread binding (one compute thread on core 0,
+    the scheduler on core 1; ``0-1`` was slower on 2 cores)."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "auto")
 
 
 def _generation_eos(path: str) -> list[int]:
@@ -69,21 +77,16 @@ class VLLMFlowEngine(FlowEngine):
         if not available():
             raise models.ModelError("--engine vllm needs vLLM: install it with the line in docs/engine.md "
                                     "(pip install -r requirements-vllm.txt ...), or use --engine hf")
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "auto")
+        cpu_env_defaults()
         from transformers import AutoTokenizer
         from vllm import LLM
 
         path = models.resolve(model)
-        self.tok = AutoTokenizer.from_pretrained(path)
-        models.prepare_tokenizer(self.tok)
-        self.cfg = config or FlowConfig()
+        tok = AutoTokenizer.from_pretrained(path)
+        models.prepare_tokenizer(tok)
         self.model, self.reuse_kv = None, False  # no transformers model on this path
+        self._init_flow(tok, config, _generation_eos(path))
         self.dtype = f"torch.{dtype}"  # what results files record (as a transformers model's .dtype)
-        self.yes_id, self.no_id = prompts.yes_no_ids(self.tok)
-        self.eos_ids = sorted({self.tok.eos_token_id, *_generation_eos(path)} - {None})
-        self._prompt_ids: dict[str, list[int]] = {}
-        self.stats = collections.Counter()
         self.draws = 0
         t0 = time.perf_counter()
         self.llm = LLM(model=path, tokenizer=path, dtype=dtype, enable_lora=True, max_lora_rank=_lora_rank(adapters_dir),
@@ -123,34 +126,25 @@ class VLLMFlowEngine(FlowEngine):
         self.draws += 1
         return (self.cfg.seed * 1_000_003 + self.draws) % 2**31
 
-    def generate_chunks(self, states: list[FlowState], avoid: list[list[int] | None] | None = None,
-                        temperature: float | None = None, max_tries: int = 4) -> list[Chunk]:
+    def _chunks(self, seqs: list[list[int]], states: list[FlowState], temperature: float) -> list[tuple[list[int], None]]:
+        """One ``LLM.generate`` call for all rows under the Answer adapter; a seed per sampled row."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        temperature = self.cfg.temperature if temperature is None else temperature
         sample = temperature > 0
-        seqs = [self.prompt_ids(s.problem) + s.answer_ids() for s in states]
-        new: list[list[int] | None] = [None] * len(states)
-        todo = list(range(len(states)))
         t0 = time.perf_counter()
-        for _ in range(max_tries):
-            params = [SamplingParams(max_tokens=self.cfg.chunk_size, temperature=temperature,
-                                     top_p=self.cfg.top_p if sample else 1.0, seed=self._seed() if sample else None,
-                                     stop_token_ids=self.eos_ids, detokenize=False) for _ in todo]
-            outs = self.llm.generate([TokensPrompt(prompt_token_ids=seqs[i]) for i in todo], params,
-                                     lora_request=[self._lora(self.cfg.answer_role)] * len(todo), use_tqdm=False)
-            for i, out in zip(todo, outs):
-                new[i] = self._chunk_ids(out.outputs[0])
-            todo = [i for i in todo if avoid and avoid[i] is not None and new[i] == avoid[i]]
-            if not todo:
-                break
+        params = [SamplingParams(max_tokens=self.cfg.chunk_size, temperature=temperature,
+                                 top_p=self.cfg.top_p if sample else 1.0, seed=self._seed() if sample else None,
+                                 stop_token_ids=self.eos_ids, detokenize=False) for _ in seqs]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs], params,
+                                 lora_request=[self._lora(self.cfg.answer_role)] * len(seqs), use_tqdm=False)
+        new = [self._chunk_ids(out.outputs[0]) for out in outs]
         self.stats["answer_calls"] += 1
         self.stats["answer_seconds"] += time.perf_counter() - t0
         n = sum(map(len, new))
         self.stats["generated_tokens"] += n
         self.stats["decoded_row_tokens"] += n  # no padded rows: every decoded position is a row's own token
-        return [Chunk(ids, self.decode(ids), eos=bool(ids) and ids[-1] in self.eos_ids) for ids in new]
+        return [(ids, None) for ids in new]
 
     def _chunk_ids(self, completion) -> list[int]:
         """The new token ids, ending with the end-of-turn token when the Answer LLM ended its turn."""
@@ -165,8 +159,7 @@ class VLLMFlowEngine(FlowEngine):
         from vllm.inputs import TokensPrompt
 
         t0 = time.perf_counter()
-        enc = [self.tok(prompts.stop_prompt(self.tok, s.problem.question, self.completion(s)),
-                        add_special_tokens=False).input_ids for s in states]
+        enc = [self.stop_prompt_ids(s.problem, s.answer_ids()) for s in states]
         params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=[self.yes_id, self.no_id],
                                 detokenize=False)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in enc], params,

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flowcore import grading, prompts
+from flowcore import grading
 from flowcore.data import Problem
 from flowcore.flow.engine import FlowEngine, FlowState, Trace
 
@@ -98,12 +98,6 @@ class Exploration:
 
 def _outcome(extracted: str | None, correct: bool) -> str:
     return f"{extracted if extracted is not None else 'no answer'} ({'correct' if correct else 'wrong'})"
-
-
-def stop_prompt_ids(engine: FlowEngine, problem: Problem, answer_ids: list[int]) -> list[int]:
-    """Token ids of the Stop LLM's prompt about a partial answer (as ``engine.stop_probs`` builds it)."""
-    text = prompts.stop_prompt(engine.tok, problem.question, engine.decode(answer_ids))
-    return engine.tok(text, add_special_tokens=False).input_ids
 
 
 def explore(engine: FlowEngine, problems: list[Problem], rollouts: int = 1,
@@ -212,7 +206,7 @@ def stop_pairs(engine: FlowEngine, state: FlowState, trace: Trace,
         chosen, rejected = (yes, no) if stop_ok else (no, yes)
         pairs.append(Pair(
             example_id=problem.id, role="stop", node=k,
-            prompt_ids=stop_prompt_ids(engine, problem, partial),
+            prompt_ids=engine.stop_prompt_ids(problem, partial),
             chosen_ids=[chosen[0]], rejected_ids=[rejected[0]],
             chosen_text=chosen[1], rejected_text=rejected[1],
             chosen_correct=True, rejected_correct=False, reason=what,
