@@ -86,11 +86,14 @@ def runtime(model=None) -> dict:
     return info
 
 
-def check_dtype(path, started: str | None, dtype: str) -> None:
-    """Refuse to continue ``path``, started in dtype ``started`` (None: not recorded), in another ``dtype``."""
-    if started and started != dtype:
-        raise ValueError(f"{path} was started in {started}, this process runs {dtype}: "
-                         f"pass --dtype {started.removeprefix('torch.')}")
+def check_runtime(path, started: dict | None, now: dict, keys: tuple[str, ...] = ("dtype",)) -> None:
+    """Refuse to continue ``path``, started with the runtime block ``started`` (a key it does not record is not
+    checked), with another value of any of ``keys`` (dtype; device for training): its records would mix them."""
+    for key in keys:
+        was = (started or {}).get(key)
+        if was and was != now[key]:
+            raise ValueError(f"{path} was started in {was}, this process runs {now[key]}: "
+                             f"pass --{key} {was.removeprefix('torch.')}")
 
 
 def provenance(settings: dict, command: str) -> dict:
@@ -172,7 +175,7 @@ class ResultsFile:
         """Record ``runtime(model)``; refuse to continue a file made in another dtype (its records would mix)."""
         info = runtime(model)
         if self.records:
-            check_dtype(self.path, self.meta.get("runtime", {}).get("dtype"), info["dtype"])
+            check_runtime(self.path, self.meta.get("runtime"), info)
         self.note("runtime", info)
 
     def finish(self, summary: dict) -> None:

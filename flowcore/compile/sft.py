@@ -105,7 +105,7 @@ def start_meta(path: Path, model, settings: dict, command: str) -> dict:
     if meta["settings"] != json.loads(json.dumps(settings)):
         raise ValueError(f"{path.parent} was started with other settings "
                          f"{results.settings_diff(meta['settings'], settings)} (old, new); remove it to start over")
-    results.check_dtype(path.parent, meta["runtime"]["dtype"], runtime["dtype"])
+    results.check_runtime(path.parent, meta["runtime"], runtime)
     return meta
 
 

@@ -47,12 +47,8 @@ def check_resume(run: Path, config: dict, settings: dict, example_ids: list[str]
                               "resume with the original arguments or use another --out")
     if example_ids != config["example_ids"]:
         raise CheckpointError(f"the examples drawn now (order {order}) are not {run}/config.json's example_ids")
-    # its progress, pairs and adapters would mix two dtypes
-    results.check_dtype(run, config.get("runtime", {}).get("dtype"), runtime["dtype"])
-    started_on = config.get("runtime", {}).get("device")  # sampling would draw from another generator
-    if started_on and started_on != runtime["device"]:
-        raise CheckpointError(f"{run} was started on {started_on}, this process runs on {runtime['device']}: "
-                              f"pass --device {started_on}")
+    # its progress, pairs and adapters would mix two dtypes; sampling would draw from another device's generator
+    results.check_runtime(run, config.get("runtime"), runtime, ("dtype", "device"))
 
 
 def rng_state() -> dict:
