@@ -1,7 +1,7 @@
-"""Start the flowcore Gradio app: `python app.py [--model NAME] [--device D] [--host H] [--port P]`.
+"""Start the flowcore Gradio app: `python app.py [--model NAME] [--device D] [--engine E] [--host H] [--port P]`.
 
 Builds the app from ``demo/`` and launches it; all model work lives in
-``demo/services.py``. The model loads once, here, before the server starts.
+``demo/services.py``. The engine (vLLM or transformers) opens once, here, before the server starts.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 def parse_args(argv=None) -> argparse.Namespace:
     from flowcore import models
+    from flowcore.flow import engines
     from demo.services import DemoConfig
 
     d = DemoConfig()
@@ -35,6 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="answer/ + stop/ adapter dir (default: newest RUNS_DIR/*/adapters, else untrained)")
     p.add_argument("--max-question-tokens", type=int, default=d.max_question_tokens)
     p.add_argument("--device", choices=models.DEVICES, default=d.device, help=models.DEVICE_HELP)
+    p.add_argument("--engine", choices=engines.ENGINES, default=d.engine, help=engines.ENGINE_HELP)
     return p.parse_args(argv)
 
 
@@ -46,7 +48,7 @@ def main(argv=None) -> int:
 
     config = DemoConfig(model=args.model, results_dir=args.results_dir, results_root=args.results_root,
                         runs_dir=args.runs_dir, flow_adapters=args.flow_adapters,
-                        max_question_tokens=args.max_question_tokens, device=args.device)
+                        max_question_tokens=args.max_question_tokens, device=args.device, engine=args.engine)
     try:
         service = DemoService.load(config)
     except (ModelError, FileNotFoundError, ValueError) as e:

@@ -14,7 +14,7 @@ def build(service: DemoService) -> None:
             status = f"Flow adapters: trained, from `{service.flow_adapters}`."
         else:
             status = (f"⚠️ **This flow is untrained**: no online-DPO run was found under `{service.cfg.runs_dir}/`, "
-                      f"so the Answer and Stop LLMs are the base model with fresh (zero-effect) adapters. "
+                      f"so the Answer and Stop LLMs are both the base model. "
                       f"Train them with `{service.train_command}`.")
         gr.Markdown("The Answer LLM writes a chunk, the Stop LLM reads the partial answer and says Yes (stop) or "
                     "No (go on); repeat. Then, at every node, rollouts sample a different chunk and play the flow "

@@ -1,17 +1,21 @@
 """Everything the app does with the model, the data and the result files; no Gradio here.
 
-One base model is loaded once. On it, as named peft adapters of ONE PeftModel:
+One flow engine (``flowcore.flow.engines.open_engine``: vLLM or transformers, ``DemoConfig.engine``) is
+opened once, on the base model with named adapters:
   * ``answer`` / ``stop``: the Flow's adapters, from an online-DPO run
-    (default: the latest-started run's ``runs/*/adapters``) or fresh untrained ones (LoRA B
-    starts at 0, so an untrained flow is the base model in both roles);
+    (default: the latest-started run's ``runs/*/adapters``); without one, the
+    untrained flow: the base model in both roles;
   * ``sft_ground_truth`` / ``sft_self_generated`` / ``sft_flow_generated``: the
     compiled (SFT) models of FLOW-DPO.md section 3, from
     ``<results_dir>/sft/<source>/`` when those exist.
-The zero-shot column is the same model with adapters disabled.
+The zero-shot column is the base model (no adapter). Compare advances the four
+models together, one chunk each per step, each flow naming its own Answer
+adapter (``FlowState.answer_role``): on vLLM one generate call of four LoRA
+requests per step, on transformers one call per adapter.
 
-The model is shared by every user; adapters are switched per call, so each
-model step runs under one lock (the Gradio queue also runs model events one
-at a time). Reading runs and result tables lives in ``files``.
+The engine is shared by every user, so each model step runs under one lock (the
+Gradio queue also runs model events one at a time). Reading runs and result
+tables lives in ``files``.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import torch
 from flowcore import adapters, data, models
 from flowcore.data import DataError, Problem
 from flowcore.eval.evaluate import LABELS, MODELS, ZERO_SHOT
+from flowcore.flow import engines
 from flowcore.flow.engine import Chunk, FlowConfig, FlowEngine, FlowState, Trace
 from flowcore.online.rollouts import Exploration, explore_flows
 
@@ -51,6 +56,7 @@ class DemoConfig:
 
     model: str = models.DEFAULT_MODEL  # embedded name, local dir or hub id
     device: str = "auto"  # where the model runs (models.DEVICES): auto is the GPU when torch sees one
+    engine: str = "auto"  # what runs it (engines.ENGINES): auto is vLLM where installed for the device, else hf
     results_dir: str = "results/cpu"  # SFT adapters at <results_dir>/sft/<source>/ (issue 5's cpu preset)
     results_root: str = "results"  # result tables at <results_root>/*/table.json
     runs_dir: str = "runs"  # online-DPO runs at <runs_dir>/<name>/ (issue 4)
@@ -102,53 +108,62 @@ def console_log(msg: str) -> None:
 # ---------------------------------------------------------------- the service
 
 class DemoService:
-    """Owns the model and its adapters; every model call of the app goes through here."""
+    """Owns the engine and its adapters; every model call of the app goes through here.
 
-    def __init__(self, model, tokenizer, config: DemoConfig | None = None, log: Callable[[str], None] | None = None):
+    ``model``/``tokenizer``: a transformers model already in memory (the tests' tiny one), run on the
+    transformers engine; ``load`` (the app) opens ``config.model`` on ``config.engine`` instead.
+    """
+
+    def __init__(self, model=None, tokenizer=None, config: DemoConfig | None = None,
+                 log: Callable[[str], None] | None = None):
         self.cfg = config or DemoConfig()
         self.log = log or console_log
-        self.tok = tokenizer
         self.lock = threading.Lock()
         self._problems: dict[str, list[Problem]] = {}
-        self.model, self.flow_adapters = self._attach_flow(model)
-        self.sft_adapters, self.sft_missing = self._attach_sft()
+        self.flow_adapters = self._find_flow()
+        self.sft_adapters, self.sft_missing, sft_dirs = self._find_sft()
+        dirs = {**engines.role_dirs(self.flow_adapters), **sft_dirs}
+        if model is None:
+            self.log(f"[3/3] loading model {self.cfg.model} (device {self.cfg.device}, engine {self.cfg.engine}) ...")
+            t0 = time.time()
+            self.engine = engines.open_engine(self.cfg.model, adapters=dirs, device=self.cfg.device,
+                                              engine=self.cfg.engine)
+            self.log(f"[3/3] {self.engine.engine_name} engine ready in {time.time() - t0:.1f}s")
+        else:
+            self.engine = FlowEngine(adapters.load_named(model, dirs), tokenizer)
+        self.tok = self.engine.tok
 
     @classmethod
     def load(cls, config: DemoConfig, log: Callable[[str], None] | None = None) -> "DemoService":
-        """Load the model named in ``config`` (once, at start-up) and attach the adapters."""
-        log = log or console_log
-        log(f"[1/3] loading model {config.model} (device {config.device}) ...")
-        t0 = time.time()
-        model, tok = models.load(config.model, device=config.device)
-        log(f"[1/3] model loaded in {time.time() - t0:.1f}s")
-        return cls(model, tok, config, log)
+        """Open the engine on the model named in ``config`` (once, at start-up) with every adapter found."""
+        return cls(config=config, log=log)
 
     # ------------------------------------------------------------ start-up
 
-    def _attach_flow(self, model):
+    def _find_flow(self) -> Path | None:
         explicit = self.cfg.flow_adapters
         directory = Path(explicit) if explicit else newest_flow_adapters(Path(self.cfg.runs_dir))
         if directory is not None:
-            self.log(f"[2/3] flow adapters: loading {directory}")
-            return adapters.load(model, directory), directory  # raises FileNotFoundError naming what is missing
-        self.log(f"[2/3] flow adapters: none under {self.cfg.runs_dir}/*/adapters; using UNTRAINED adapters "
-                 f"(train with `{self.train_command}`)")
-        return adapters.attach(model), None
+            self.log(f"[1/3] flow adapters: {directory}")
+            return directory
+        self.log(f"[1/3] flow adapters: none under {self.cfg.runs_dir}/*/adapters; the flow is UNTRAINED "
+                 f"(the base model in both roles; train with `{self.train_command}`)")
+        return None
 
-    def _attach_sft(self) -> tuple[dict[str, str], dict[str, Path]]:
-        present, missing = {}, {}
+    def _find_sft(self) -> tuple[dict[str, str], dict[str, Path], dict[str, Path]]:
+        """(source -> adapter name, source -> where it is missing, adapter name -> directory)."""
+        present, missing, dirs = {}, {}, {}
         for source in SFT_SOURCES:
             directory = Path(self.cfg.results_dir) / "sft" / source
             found = find_adapter_dir(directory) if directory.is_dir() else None
             if found is None:
                 missing[source] = directory
-                self.log(f"[3/3] SFT {source}: missing ({directory}); make it with `{REPRODUCE_CMD}`")
+                self.log(f"[2/3] SFT {source}: missing ({directory}); make it with `{REPRODUCE_CMD}`")
                 continue
-            name = f"sft_{source}"
-            self.model.load_adapter(str(found), adapter_name=name)
-            present[source] = name
-            self.log(f"[3/3] SFT {source}: loaded {found}")
-        return present, missing
+            present[source] = f"sft_{source}"
+            dirs[present[source]] = found
+            self.log(f"[2/3] SFT {source}: {found}")
+        return present, missing, dirs
 
     @property
     def train_command(self) -> str:
@@ -216,10 +231,17 @@ class DemoService:
     # ------------------------------------------------------------ Compare
 
     def compare(self, problem: Problem, max_tokens: int) -> Iterator[list[Answer]]:
-        """The four models answer, greedily, round-robin one chunk each; yields after every chunk."""
+        """The four models answer, greedily, one chunk each per step (one engine step for all of them);
+        yields before each step (who is generating) and after it (their new chunks)."""
         chunk, max_tokens = self.cfg.compare_chunk_size, max(1, int(max_tokens))
         steps = -(-max_tokens // chunk)
         last = max_tokens - (steps - 1) * chunk  # the last chunk is shorter: the answer stops at max_tokens
+        # the single-model baseline loop (no Stop LLM; chunking is only scheduling), the base model unless a
+        # flow names its own Answer adapter
+        cfg = FlowConfig(chunk_size=chunk, max_steps=steps, temperature=0.0, use_stop=False, answer_role=None,
+                         stop_role=None, batch_size=len(COLUMNS))
+        engine = self.engine.configured(cfg)
+        last_engine = self.engine.configured(dataclasses.replace(cfg, chunk_size=last))
         answers, runs = [], []
         for key, label in COLUMNS.items():
             answer = Answer(key, label, gold=problem.gold)
@@ -229,21 +251,18 @@ class DemoService:
                 answer.message = (f"No {label} adapter at `{self.sft_missing[key]}`. "
                                   f"Make it with: `{REPRODUCE_CMD}`")
                 continue
-            # the single-model baseline loop (no Stop LLM); chunking is only scheduling
-            cfg = FlowConfig(chunk_size=chunk, max_steps=steps, temperature=0.0, use_stop=False,
-                             answer_role=self.sft_adapters.get(key), stop_role=None, batch_size=1)
-            engines = (FlowEngine(self.model, self.tok, cfg),
-                       FlowEngine(self.model, self.tok, dataclasses.replace(cfg, chunk_size=last)))
-            runs.append((answer, engines, FlowState(problem)))
+            runs.append((answer, FlowState(problem, answer_role=self.sft_adapters.get(key))))
         yield answers
-        while any(not state.done for _, _, state in runs):
-            for answer, engines, state in runs:
-                if state.done:
-                    continue
+        for step in range(steps):
+            active = [(answer, state) for answer, state in runs if not state.done]
+            if not active:
+                break
+            for answer, _ in active:
                 answer.status = "running"
-                engine = engines[len(state.chunks) == steps - 1]
-                with self.lock:
-                    engine.step([state])
+            yield answers
+            with self.lock:
+                (last_engine if step == steps - 1 else engine).step([state for _, state in active])
+            for answer, state in active:
                 answer.text = engine.completion(state)
                 answer.n_tokens = len(state.answer_ids())
                 if state.done:
@@ -251,7 +270,7 @@ class DemoService:
                     answer.status, answer.end_reason = "done", trace.end_reason
                     answer.extracted = trace.extracted
                     answer.correct = trace.correct if problem.gold else None
-                yield answers
+            yield answers
 
     # ------------------------------------------------------------ Flow
 
@@ -259,7 +278,7 @@ class DemoService:
                  temperature: float | None = None) -> Iterator[FlowView]:
         """Run the Answer/Stop flow step by step, then the rollouts at each node of that same flow."""
         cfg = FlowConfig(chunk_size=int(chunk_size), max_steps=int(max_steps), temperature=0.0)
-        engine = FlowEngine(self.model, self.tok, cfg)
+        engine = self.engine.configured(cfg)
         state = FlowState(problem)
         view = FlowView(problem, cfg.stop_threshold, chunks=state.chunks, rollouts=int(rollouts))
         t0 = time.perf_counter()

@@ -48,8 +48,8 @@ def build_app(service: DemoService) -> gr.Blocks:
     with gr.Blocks(title=TITLE) as app:
         adapters = "trained" if service.flow_adapters is not None else "untrained"
         sft = len(service.sft_adapters)
-        gr.Markdown(f"# {TITLE}\nModel **{service.cfg.model}** · flow adapters: {adapters} · "
-                    f"SFT adapters: {sft} of 3 · runs on CPU, so answers take a while.")
+        gr.Markdown(f"# {TITLE}\nModel **{service.cfg.model}** on the {service.engine.engine_name} engine · "
+                    f"flow adapters: {adapters} · SFT adapters: {sft} of 3 · runs on CPU, so answers take a while.")
         compare_tab.build(service)
         flow_tab.build(service)
         training_tab.build(service)

@@ -71,15 +71,25 @@ def enable_activation_checkpointing(model) -> None:
 
 def load(model, directory: str | Path, roles=ROLES, trainable: bool = False):
     """Attach saved adapters ``directory/<role>/`` to a base model."""
-    from peft import PeftModel
-
     directory = Path(directory)
     missing = [r for r in roles if not (directory / r / "adapter_config.json").is_file()]
     if missing:
         raise FileNotFoundError(f"{directory}: no adapter(s) {', '.join(missing)} (expected {directory}/<role>/adapter_config.json)")
-    peft_model = PeftModel.from_pretrained(model, directory / roles[0], adapter_name=roles[0], is_trainable=trainable)
-    for role in roles[1:]:
-        peft_model.load_adapter(directory / role, adapter_name=role, is_trainable=trainable)
+    return load_named(model, {role: directory / role for role in roles}, trainable)
+
+
+def load_named(model, dirs: dict[str, str | Path], trainable: bool = False):
+    """Attach saved adapters under the given names (``{"answer": DIR/answer, "sft_x": ...}``)."""
+    from peft import PeftModel
+
+    peft_model = model
+    for name, path in dirs.items():
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"no {name} adapter at {path} (expected {path}/adapter_config.json)")
+        if isinstance(peft_model, PeftModel):
+            peft_model.load_adapter(str(path), adapter_name=name, is_trainable=trainable)
+        else:
+            peft_model = PeftModel.from_pretrained(peft_model, str(path), adapter_name=name, is_trainable=trainable)
     return peft_model
 
 

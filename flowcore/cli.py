@@ -34,6 +34,8 @@ COMMANDS = {
                   "untrained flow and zero-shot on a training run's examples (same order, same settings)"),
     "plot": ("flowcore.online.plots", "main",
              "a run's progressive-accuracy chart and summary.json (paired intervals, diagnostics)"),
+    "calibration": ("flowcore.online.calibration", "main",
+                    "the Stop LLM's P(Yes) against the grade of the partial answer: reliability table, Brier, AUROC"),
     "sweep": ("flowcore.online.sweep", "main", "compare the runs of a tuning sweep on one training stream"),
     "reproduce": ("flowcore.compile.reproduce", "main",
                   "compile: traces from three sources -> SFT -> evaluation -> the paper's table"),

@@ -83,6 +83,12 @@ def runtime(model=None) -> dict:
             "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
     if model is not None:
         info["dtype"] = str(getattr(model, "dtype", ""))
+        if getattr(model, "engine_name", None):  # a flow engine: which one (and vLLM's version)
+            info["engine"] = model.engine_name
+            if model.engine_name == "vllm":
+                import vllm
+
+                info["vllm"] = vllm.__version__
     return info
 
 

@@ -22,6 +22,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # dtype "auto" is bf16 on CPUs with AVX512-BF16 and fp32 elsewhere; the tiny models' taught behaviour (and the
 # exact numbers some tests compare) hold in fp32, so every test and subprocess runs fp32 on every machine
 os.environ.setdefault("FLOWCORE_DTYPE", "float32")
+# --engine auto is vLLM where it is installed; only the tests written for vLLM (tests/test_vllm.py, which name
+# the engine) start it: everything else runs the transformers engine, in-process and on the tiny models
+os.environ.setdefault("FLOWCORE_ENGINE", "hf")
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"

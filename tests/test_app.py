@@ -31,10 +31,11 @@ def served(tmp_path_factory):
     app.close()
 
 
-def _zero_shot_text(service, question, max_tokens):
-    """What the base model writes greedily: the 0-shot column must show exactly this."""
-    cfg = FlowConfig(chunk_size=max_tokens, max_steps=1, use_stop=False, answer_role=None, stop_role=None)
-    engine = FlowEngine(service.model, service.tok, cfg)
+def _alone_text(service, question, max_tokens, role=None):
+    """What one model (``role``: an adapter name; None: the base) writes greedily, alone in its own call: its
+    Compare column (where the four models share each step) must show exactly this."""
+    cfg = FlowConfig(chunk_size=max_tokens, max_steps=1, use_stop=False, answer_role=role, stop_role=None)
+    engine = service.engine.configured(cfg)
     state = FlowState(data.custom_problem(question, "", "gsm8k"))
     with service.lock:
         engine.step([state])
@@ -74,11 +75,13 @@ def test_compare_streams_four_columns(served):
     assert zero.startswith("### 0-shot (base model)")
     assert "gold `13`" in zero and ("✗ **incorrect**" in zero or "✓ **correct**" in zero)
     assert "24 tokens, stopped at the token limit" in zero or _tokens(zero) < 24
-    expected = _zero_shot_text(service, question, 24)
+    expected = _alone_text(service, question, 24)
     assert expected.strip() and expected in zero
-    # the SFT ground-truth adapter exists: it answers (differently from the base: its LoRA is not zero)
+    # the SFT ground-truth adapter exists: it answers (differently from the base: its LoRA is not zero), as it
+    # does alone (each flow's own Answer adapter, FlowState.answer_role, in a step shared with the base model)
     assert gt.startswith("### SFT ground truth") and "gold `13`" in gt
     assert gt.split("---", 1)[1] != zero.split("---", 1)[1]
+    assert _alone_text(service, question, 24, "sft_ground_truth") in gt
     # the other two are missing: the message names the command that makes them
     for col, label in ((self_gen, "SFT self-generated"), (flow_gen, "SFT Flow-generated")):
         assert f"No {label} adapter" in col and REPRODUCE in col
@@ -253,7 +256,7 @@ def test_flow_adapters_load_from_the_newest_run(tmp_path, tiny):
     service = DemoService(model, tok, DemoConfig(results_dir=str(tmp_path), runs_dir=str(tmp_path / "runs")),
                           log=logs.append)
     assert service.flow_adapters == tmp_path / "runs" / "r1" / "adapters"
-    assert {"answer", "stop"} <= set(service.model.peft_config)
+    assert {"answer", "stop"} <= set(service.engine.model.peft_config)
     assert any("SFT ground_truth: missing" in m and REPRODUCE in m for m in logs)
 
 
@@ -338,8 +341,11 @@ def test_app_flags(monkeypatch):
     assert (args.model, args.port, args.host) == ("smollm2-135m-instruct", 7999, "0.0.0.0")
     assert app.parse_args(["--model", "tiny-dir"]).model == "tiny-dir"
     assert app.parse_args([]).device == "auto" and app.parse_args(["--device", "cpu"]).device == "cpu"
+    assert app.parse_args([]).engine == "auto" and app.parse_args(["--engine", "vllm"]).engine == "vllm"
     with pytest.raises(SystemExit):
         app.parse_args(["--device", "tpu"])
+    with pytest.raises(SystemExit):
+        app.parse_args(["--engine", "tpu"])
 
 
 def test_app_device_reaches_the_model_load(monkeypatch, capsys):

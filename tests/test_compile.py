@@ -192,6 +192,13 @@ def test_tiny_pipeline_end_to_end(tmp_path, one_thread, capsys):
     assert made == ["flow_generated/gsm8k-problems-first4.jsonl", "zero_shot/gsm8k-problems-first4.jsonl"]
     meta = json.loads((out / "eval" / "zero_shot" / "gsm8k-problems-first4.meta.json").read_text())
     assert meta["runtime"]["dtype"] == "torch.float32" and meta["runtime"]["threads"] == 1
+    # made on the transformers engine: no "engine" setting (files from before engines existed resume as they
+    # are), and a vLLM pipeline does not continue it
+    assert meta["runtime"]["engine"] == "hf" and "engine" not in meta["settings"]
+    vllm = pipeline.Pipeline(cfg, "x", dtype="float32", engine="vllm")
+    with pytest.raises(pipeline.ReproduceError, match=r"\{'engine': \(None, 'vllm'\)\}"):
+        vllm.results_file(out / "eval" / "zero_shot" / "gsm8k-problems-first4.jsonl",
+                          **{k: v for k, v in meta["settings"].items() if k != "model"})
     # a file started in one dtype is not continued in another (its records would mix two models' numerics)
     with pytest.raises(pipeline.ReproduceError, match="started in torch.float32.*--dtype float32"):
         pipeline.Pipeline(cfg, "x", eval_rows=("zero_shot",), eval_sets=("gsm8k-problems-first4",),

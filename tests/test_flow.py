@@ -263,3 +263,56 @@ def test_generate_passes_device_to_the_loader(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(generate.models, "load", real_load)
     assert generate.main(["--model", "x", "--limit", "1", "--out", str(tmp_path / "u.jsonl"), "--device", "cuda"]) == 1
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def _eos_everywhere(model, tok):
+    with torch.no_grad():  # make end-of-turn the most likely token everywhere (as in test_eos_ends_the_flow)
+        model.lm_head.weight[tok.eos_token_id] += 100 * model.lm_head.weight.abs().max()
+        model.model.norm.weight.fill_(1.0)
+    return model
+
+
+def test_stop_at_eos_asks_the_stop_llm_where_the_answer_llm_ended_its_turn(tiny):
+    """Off: end-of-turn ends the flow unasked (today's flows). On: Yes there stops; No drops the token and
+    the Answer LLM writes on, its next chunk not starting with end-of-turn, up to max_steps."""
+    model, tok = tiny
+    model = _eos_everywhere(model, tok)
+    cfg = FlowConfig(chunk_size=8, max_steps=4, stop_threshold=1.0)
+    (off,) = list(FlowEngine(model, tok, cfg).solve(problems(1)))
+    assert (off.end_reason, len(off.chunks), off.chunks[0]["p_yes"]) == ("eos", 1, None)
+
+    (yes,) = list(FlowEngine(model, tok, replace(cfg, stop_at_eos=True, stop_threshold=0.0)).solve(problems(1)))
+    assert (yes.end_reason, len(yes.chunks)) == ("stop", 1) and yes.chunks[0]["p_yes"] is not None
+    assert yes.completion == off.completion
+
+    flows = {}
+    for reuse in (True, False):
+        engine = FlowEngine(model, tok, replace(cfg, stop_at_eos=True), reuse_kv=reuse)
+        states = [FlowState(p) for p in problems(3)]
+        for _ in engine.run(states):
+            pass
+        flows[reuse] = [[(c.token_ids, c.p_yes) for c in s.chunks] for s in states]
+        for s in states:
+            assert s.end_reason == "max_steps" and len(s.chunks) == 4
+            assert all(c.eos and c.p_yes is not None for c in s.chunks)  # each chunk ended the turn, was asked
+            ends_turn = [bool(c.token_ids) and c.token_ids[-1] in engine.eos_ids for c in s.chunks]
+            assert ends_turn == [False, False, False, True]  # the token is dropped where the flow wrote on
+            assert all(c.token_ids and c.token_ids[0] not in engine.eos_ids for c in s.chunks[1:])
+        assert states[0].chunks[0].text == off.chunks[0]["text"]
+    for a, b in zip(flows[True], flows[False]):  # KV reuse with dropped tokens: the same flows as re-encoding
+        assert [ids for ids, _ in a] == [ids for ids, _ in b]
+        assert [p for _, p in a] == pytest.approx([p for _, p in b], abs=1e-5)
+
+
+
+def test_flow_flags_read_booleans_as_flags():
+    """add_flow_args: --stop-at-eos is a flag (argparse's type=bool would read "False" as True)."""
+    import argparse
+
+    from flowcore.flow.generate import add_flow_args, flow_config
+
+    p = argparse.ArgumentParser()
+    add_flow_args(p)
+    assert flow_config(p.parse_args([])) == FlowConfig()
+    assert flow_config(p.parse_args(["--stop-at-eos", "--chunk-size", "80"])) == FlowConfig(stop_at_eos=True,
+                                                                                              chunk_size=80)

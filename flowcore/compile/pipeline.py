@@ -4,6 +4,11 @@ files already hold.
 
 Every file a model makes records the dtype it ran in (``runtime``): the traces' and evaluations' meta files,
 each adapter's ``sft.json``; ``table.json`` lists them (``dtypes``) and says which one it was made of.
+
+The traces and eval stages run the model on the flow engine ``engine`` names (``flowcore.flow.engines``: auto,
+hf, vllm), the adapters loaded by name: the flow's ``answer``/``stop``, or each SFT adapter under its row's name.
+A file made on vLLM says so in its settings (``"engine": "vllm"``; a file without it was made on hf), so it is
+resumed on the same engine only. SFT training runs on transformers/peft whatever the engine.
 """
 from __future__ import annotations
 
@@ -11,11 +16,12 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from flowcore import adapters, data, models, results
+from flowcore import data, models, results
 from flowcore.compile import traces
 from flowcore.compile.presets import ReproduceConfig, train_argv
 from flowcore.compile.sft import sft
 from flowcore.eval import evaluate
+from flowcore.flow import engines
 from flowcore.flow.engine import FlowConfig, FlowEngine, zero_shot_config
 
 STAGES = ("flow-dpo", "traces", "select", "sft", "eval", "table")
@@ -28,11 +34,12 @@ class ReproduceError(ValueError):
 class Pipeline:
     def __init__(self, cfg: ReproduceConfig, command: str, flow_adapters: str | None = None,
                  eval_rows: tuple[str, ...] = evaluate.MODELS, eval_sets: tuple[str, ...] | None = None,
-                 dtype: str = "auto"):
+                 dtype: str = "auto", engine: str = "auto"):
         self.cfg, self.command = cfg, command
         # a run-time choice like the thread count (recorded in each file's ``runtime``, not in the settings):
         # "auto" is bf16 on AVX512-BF16/AMX CPUs and fp32 elsewhere, so pin it to extend a run on another machine
         self.dtype = dtype
+        self.engine = engines.choose(engine)  # hf or vllm (recorded in the settings of the files it makes)
         # stage eval's subset: several processes (or machines) can split the evaluation between them
         self.eval_rows = eval_rows
         self.eval_sets = [es for es in cfg.eval_sets if eval_sets is None or es.name in eval_sets]
@@ -58,8 +65,13 @@ class Pipeline:
         results.write_json_atomic(path, results.provenance(settings, self.command))
 
     def base(self):
-        """(model, tokenizer): the base model, loaded fresh (each stage attaches its own adapters)."""
+        """(model, tokenizer): the base model, loaded fresh for SFT training (which attaches its own adapters)."""
         return models.load(self.cfg.model, self.dtype)
+
+    def open_engine(self, adapter_dirs: dict[str, Path]) -> FlowEngine:
+        """The flow engine on the base model with the adapters ``{name: peft dir}``."""
+        return engines.open_engine(self.cfg.model, adapters=adapter_dirs, dtype=self.dtype, engine=self.engine,
+                                   seed=self.cfg.flow.seed)
 
     def prompts(self) -> list[data.Problem]:
         from flowcore.online.train import example_order, load_problems
@@ -71,12 +83,17 @@ class Pipeline:
         return problems
 
     def results_file(self, path: Path, **settings) -> results.ResultsFile:
-        return results.ResultsFile(path, {"model": self.cfg.model, **settings}, self.command)
+        if self.engine != "hf":
+            settings["engine"] = self.engine  # a file made on one engine is not resumed on the other
+        try:
+            return results.ResultsFile(path, {"model": self.cfg.model, **settings}, self.command)
+        except ValueError as e:  # other settings, e.g. another engine
+            raise ReproduceError(f"{e} (a file without an 'engine' setting was made with --engine hf)") from e
 
     @staticmethod
-    def _note_runtime(out: results.ResultsFile, net) -> None:
+    def _note_runtime(out: results.ResultsFile, engine: FlowEngine) -> None:
         try:
-            out.note_runtime(net)
+            out.note_runtime(engine)
         except ValueError as e:  # a file started in another dtype
             raise ReproduceError(str(e)) from e
 
@@ -108,26 +125,31 @@ class Pipeline:
         gt = traces.ground_truth_records(problems)
         results.write_jsonl_atomic(tdir / "ground_truth.jsonl", gt)
         print(f"[traces] ground truth: {sum(r['correct'] for r in gt)}/{len(gt)} grade correct")
-        net, tok = self.base()
         decoding = replace(self.cfg.flow, temperature=self.cfg.sample_temperature)
-        # the base model's samples need no trained flow: they come first
-        self._collect(net, tok, problems, "self_generated", zero_shot_config(decoding), None)
+        not_ready = self.flow_not_ready()
+        # one engine for both model sources; the base model's samples need no trained flow: they come first
+        engine = self.open_engine(engines.role_dirs(None if not_ready else self.flow_adapters))
+        self._collect(engine, problems, "self_generated", zero_shot_config(decoding), None)
+        if not_ready:
+            raise ReproduceError(not_ready)
+        self._collect(engine, problems, "flow_generated", decoding, str(self.flow_adapters))
+
+    def flow_not_ready(self) -> str | None:
+        """Why the trained flow cannot make traces yet, or None."""
         if not (self.flow_adapters / "answer" / "adapter_config.json").is_file():
-            raise ReproduceError(f"no trained flow at {self.flow_adapters}: run stage flow-dpo first "
-                                 "(or pass --flow-adapters DIR)")
+            return f"no trained flow at {self.flow_adapters}: run stage flow-dpo first (or pass --flow-adapters DIR)"
         done = self.dpo_examples_done()
         if not self.explicit_flow and done < int(self.cfg.dpo_args["examples"]):
-            raise ReproduceError(f"the online-DPO run {self.cfg.dpo_run} is not finished "
-                                 f"({done}/{self.cfg.dpo_args['examples']} examples): "
-                                 "run stage flow-dpo first (or pass --flow-adapters DIR)")
-        net = adapters.load(net, self.flow_adapters)
-        self._collect(net, tok, problems, "flow_generated", decoding, str(self.flow_adapters))
+            return (f"the online-DPO run {self.cfg.dpo_run} is not finished "
+                    f"({done}/{self.cfg.dpo_args['examples']} examples): "
+                    "run stage flow-dpo first (or pass --flow-adapters DIR)")
+        return None
 
-    def _collect(self, net, tok, problems, source: str, cfg: FlowConfig, flow_adapters: str | None) -> None:
+    def _collect(self, engine: FlowEngine, problems, source: str, cfg: FlowConfig, flow_adapters: str | None) -> None:
         out = self.results_file(self.out / "traces" / f"{source}.jsonl", source=source, samples=self.cfg.samples,
-                                flow=asdict(cfg), flow_adapters=flow_adapters)
-        self._note_runtime(out, net)
-        records = traces.collect(FlowEngine(net, tok, cfg), problems, self.cfg.samples, out, desc=source)
+                                flow=cfg.settings(), flow_adapters=flow_adapters)
+        self._note_runtime(out, engine)
+        records = traces.collect(engine.configured(cfg), problems, self.cfg.samples, out, desc=source)
         n_ok = len(traces.solved_prompts(records))
         out.finish({"samples": len(records), "correct_samples": sum(r["correct"] for r in records),
                     "prompts_with_a_correct_sample": n_ok})
@@ -180,26 +202,23 @@ class Pipeline:
             print(f"[sft] {source}: {len(rows)} traces -> {target}")
 
     def eval(self) -> None:
-        """Each row on each evaluation set (what is already in the files is kept); the base model first."""
-        net, tok = self.base()
-        for row in (r for r in evaluate.MODELS if r in self.eval_rows):
-            role = None if row == evaluate.ZERO_SHOT else row
-            if role:
-                directory = self.out / "sft" / row
-                if not (directory / "adapter_config.json").is_file():
-                    raise ReproduceError(f"no SFT adapter {directory}: run stage sft first")
-                if hasattr(net, "peft_config"):
-                    net.load_adapter(str(directory), adapter_name=row)
-                else:
-                    from peft import PeftModel
+        """Each row on each evaluation set (what is already in the files is kept); the base model first.
 
-                    net = PeftModel.from_pretrained(net, str(directory), adapter_name=row)
+        One engine serves every row: each SFT adapter is loaded under its row's name (``single_model_config``
+        makes it the Answer role); a row whose adapter is missing stops the stage when its turn comes."""
+        rows = [r for r in evaluate.MODELS if r in self.eval_rows]
+        sft_dirs = {row: self.out / "sft" / row for row in rows if row != evaluate.ZERO_SHOT}
+        engine = self.open_engine({row: d for row, d in sft_dirs.items() if (d / "adapter_config.json").is_file()})
+        for row in rows:
+            role = None if row == evaluate.ZERO_SHOT else row
+            if role and not (sft_dirs[row] / "adapter_config.json").is_file():
+                raise ReproduceError(f"no SFT adapter {sft_dirs[row]}: run stage sft first")
             for es in self.eval_sets:
                 out = self.results_file(self.out / "eval" / row / f"{es.name}.jsonl", row=row,
                                         adapter=str(self.out / "sft" / row) if role else None, eval_set=asdict(es),
-                                        flow=asdict(evaluate.single_model_config(self.cfg.flow, role)))
-                self._note_runtime(out, net)
-                recs = evaluate.evaluate(net, tok, role, es.problems(), out, self.cfg.flow, desc=f"{row} {es.name}")
+                                        flow=evaluate.single_model_config(self.cfg.flow, role).settings())
+                self._note_runtime(out, engine)
+                recs = evaluate.evaluate(engine, role, es.problems(), out, self.cfg.flow, desc=f"{row} {es.name}")
                 out.finish(evaluate.cell(recs))
                 print(f"[eval] {evaluate.LABELS[row]} on {es.name}: {evaluate.pct(evaluate.cell(recs))}")
 

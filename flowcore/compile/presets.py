@@ -38,7 +38,7 @@ class ReproduceConfig:
     compile: CompileConfig = field(default_factory=CompileConfig)
 
     def settings(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "flow": self.flow.settings()}
 
 
 def _cpu() -> ReproduceConfig:

@@ -34,6 +34,7 @@ from flowcore.cli import HelpFormatter
 from flowcore.compile.pipeline import STAGES, Pipeline, ReproduceError
 from flowcore.compile.presets import PRESETS
 from flowcore.eval import evaluate
+from flowcore.flow import engines
 
 
 def main(argv: list[str]) -> int:
@@ -56,6 +57,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--dtype", choices=list(models.DTYPES), default="auto",
                    help="model dtype (default auto: bf16 where the CPU/GPU has fast bf16, else fp32); recorded in "
                         "each results file's runtime block. Pin it when resuming a run on a different machine")
+    p.add_argument("--engine", choices=engines.ENGINES, default="auto",
+                   help="stages traces and eval: " + engines.ENGINE_HELP + "; recorded in their files' settings "
+                        "(a file is resumed on the engine that started it)")
     args = p.parse_args(argv)
     cfg = PRESETS[args.preset]()
     if args.model:  # another model trains its own flow
@@ -75,8 +79,8 @@ def main(argv: list[str]) -> int:
         stages = tuple(s for s in stages if s != "flow-dpo")
     try:
         Pipeline(cfg, results.cli_command("reproduce", argv), args.flow_adapters, rows, sets,
-                 args.dtype).run(stages)
-    except (ReproduceError, data.DataError, models.ModelError, FileNotFoundError) as e:
+                 args.dtype, args.engine).run(stages)
+    except (ReproduceError, data.DataError, models.ModelError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

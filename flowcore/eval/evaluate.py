@@ -2,8 +2,10 @@
 
 Every model answers with the same Answer prompt, decoding and token budget as
 the zero-shot baseline (``flow.zero_shot_config``: one model, no Stop LLM),
-batched by the flow engine, graded by ``flowcore.grading``. Per-problem
-results go to ``<dir>/<model>/<set>.jsonl`` (resumable, with a meta file).
+batched by the flow engine (``flowcore.flow.engines``; an SFT adapter is loaded
+under a name, which ``single_model_config`` makes the Answer role), graded by
+``flowcore.grading``. Per-problem results go to ``<dir>/<model>/<set>.jsonl``
+(resumable, with a meta file).
 
 The table gives each model's accuracy with its 95% Wilson interval, and an
 exact McNemar test on the same problems between the Flow-generated SFT model
@@ -62,11 +64,11 @@ def single_model_config(flow: FlowConfig, role: str | None) -> FlowConfig:
     return replace(zero_shot_config(flow), answer_role=role)
 
 
-def evaluate(model, tok, role: str | None, problems: list[data.Problem], out: ResultsFile,
+def evaluate(engine: FlowEngine, role: str | None, problems: list[data.Problem], out: ResultsFile,
              flow: FlowConfig, desc: str) -> list[dict]:
-    """Graded answers of ``role`` on ``problems`` (those already in ``out`` are kept); in problem order."""
-    engine = FlowEngine(model, tok, single_model_config(flow, role))
-    solve_into(engine, problems, out, desc=desc)
+    """Graded answers of the engine's adapter ``role`` (None: its base model) on ``problems`` (those already
+    in ``out`` are kept); in problem order."""
+    solve_into(engine.configured(single_model_config(flow, role)), problems, out, desc=desc)
     by_id = {r["problem_id"]: r for r in out.records}
     return [by_id[p.id] for p in problems]
 

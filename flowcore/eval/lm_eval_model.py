@@ -10,6 +10,8 @@ model_args (all optional):
   mode            ``flow`` (Answer + Stop LLM) or ``zero-shot`` (base model alone, same token budget)
   chunk_size, max_steps, temperature, top_p, stop_threshold, seed: ``flowcore.flow.engine.FlowConfig`` fields
   dtype           auto | float32 | bfloat16 | float16 (auto: bf16 where the hardware has it, else fp32)
+  engine          auto | hf | vllm: what runs the flow (``flowcore.flow.engines``; auto: vLLM where it is
+                  installed for the device, else hf, the transformers reference; ``$FLOWCORE_ENGINE`` overrides auto)
   device          auto | cpu | cuda | cuda:N (default: lm-eval's ``--device``, else auto); model_args wins
                   over ``--device``. lm-eval's CLI passes ``cuda:0`` when ``--device`` is not given, so on a
                   machine without CUDA ``cuda:0`` runs on the CPU (a warning says so); ``cuda`` there is an error.
@@ -23,8 +25,8 @@ For any other generative task the request's context string is taken as the
 question (a warning says so).
 
 Requests are solved task by task, in lm-eval's document order, with one
-``FlowEngine.solve`` call per task: the same batches, order and seed as
-``python -m flowcore generate`` on that dataset, so the completions are the same.
+``solve`` call per task on one engine, opened once: the same batches, order and seed as
+``python -m flowcore generate`` on that dataset and engine, so the completions are the same.
 The flow's token budget is ``chunk_size * max_steps``; the task's
 ``max_gen_toks`` is not used (a warning says when they differ); ``until``
 strings, if a task has any, cut the completion as lm-eval's hf model does.
@@ -39,10 +41,10 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from flowcore import adapters as adapters_mod
 from flowcore import models
 from flowcore.data import Problem
-from flowcore.flow.engine import FlowConfig, FlowEngine, zero_shot_config
+from flowcore.flow import engines
+from flowcore.flow.engine import FlowConfig, zero_shot_config
 
 log = logging.getLogger("flowcore.lm_eval")
 
@@ -93,24 +95,27 @@ class FlowLM(LM):
     """lm-eval ``LM`` whose ``generate_until`` runs flowcore's batched Answer/Stop flow."""
 
     def __init__(self, pretrained: str = models.DEFAULT_MODEL, adapters: str | None = None, mode: str = "flow",
-                 dtype: str = "auto", batch_size=None, max_batch_size=None, device=None, **flow_args):
+                 dtype: str = "auto", engine: str = "auto", batch_size=None, max_batch_size=None, device=None,
+                 **flow_args):
         super().__init__()
         unknown = set(flow_args) - _FLOW_FIELDS
         if unknown:
             raise ValueError(
                 f"flow model_args: unknown {', '.join(sorted(unknown))}; known: pretrained, adapters, mode, dtype, "
-                f"device, {', '.join(sorted(_FLOW_FIELDS))} (batch size: lm_eval --batch_size)")
+                f"engine, device, {', '.join(sorted(_FLOW_FIELDS))} (batch size: lm_eval --batch_size)")
         if dtype not in models.DTYPES:
             raise ValueError(f"flow model_args: dtype must be one of {', '.join(models.DTYPES)}, not {dtype!r}")
+        if engine not in engines.ENGINES:
+            raise ValueError(f"flow model_args: engine must be one of {', '.join(engines.ENGINES)}, not {engine!r}")
         self.cfg = flow_config(mode, batch_size, **flow_args)
         self.mode = mode
         self.pretrained, self.adapters = pretrained, adapters
-        self.model, self.tok = models.load(pretrained, dtype, device=model_device(device))
-        self._device = self.model.device
-        if adapters and mode == "flow":
-            self.model = adapters_mod.load(self.model, adapters)
-        elif adapters:
+        if adapters and mode != "flow":
             log.warning("flow: mode=zero-shot runs the base model; adapters=%s not loaded", adapters)
+        self.engine = engines.open_engine(pretrained, self.cfg, engines.role_dirs(adapters if mode == "flow" else None),
+                                          dtype, model_device(device), engine, seed=self.cfg.seed)
+        self.tok = self.engine.tok
+        self._device = getattr(self.engine.model, "device", None)  # a transformers model's (vLLM: none here)
         self.traces = []  # the flowcore Traces of the last generate_until call, in request order
 
     @classmethod
@@ -144,8 +149,7 @@ class FlowLM(LM):
                 log.warning("flow: task %s asks for max_gen_toks=%s; the flow's budget is chunk_size*max_steps=%d",
                             task, wanted, budget)
             problems = [replace(self._problem(requests[i]), id=str(i)) for i in rows]
-            engine = FlowEngine(self.model, self.tok, self.cfg)
-            for trace in engine.solve(problems):
+            for trace in self.engine.solve(problems):
                 traces[int(trace.problem_id)] = trace
                 bar.update(1)
         bar.close()
@@ -193,7 +197,5 @@ class FlowLM(LM):
         return getattr(self.tok, "chat_template", None)
 
     def get_model_info(self) -> dict:
-        from dataclasses import asdict
-
         return {"flow_mode": self.mode, "flow_pretrained": self.pretrained, "flow_adapters": self.adapters,
-                "flow_config": asdict(self.cfg)}
+                "flow_engine": self.engine.engine_name, "flow_config": self.cfg.settings()}

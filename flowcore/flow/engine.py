@@ -29,6 +29,8 @@ call from their caches (same tokens; tested).
 
 A flow ends when the Stop LLM's P(Yes) > ``stop_threshold`` (paper: 0.5),
 when the Answer LLM emits end-of-turn (ours), or after ``max_steps`` chunks.
+With ``stop_at_eos`` (ours) the Stop LLM also judges the chunk that ends the
+Answer LLM's turn, and its No there makes the Answer LLM write on.
 
 The single-model zero-shot baseline is the same loop with the Stop LLM
 switched off and the base model answering (``zero_shot_config``): it
@@ -69,18 +71,39 @@ class FlowEngine(ModelCalls):
         self.stats["seconds"] += time.perf_counter() - t0
 
     def judge(self, states: list[FlowState]) -> None:
-        """Set end_reason after the latest chunk: eos, then the Stop LLM, then max_steps."""
-        ask = [s for s in states if not s.chunks[-1].eos] if self.cfg.use_stop else []
+        """Set end_reason after the latest chunk: the Stop LLM, eos, then max_steps.
+
+        The Stop LLM is not asked after a chunk where the Answer LLM ended its turn: that ends the flow
+        ("eos", ours). With ``stop_at_eos`` (ours) it is asked there too: Yes ends the flow ("stop"),
+        No makes the Answer LLM write on (``write_on``) until ``max_steps``.
+        """
+        ask = [s for s in states if self.cfg.stop_at_eos or not s.chunks[-1].eos] if self.cfg.use_stop else []
         for s, p in zip(ask, self.stop_probs(ask) if ask else []):
             s.chunks[-1].p_yes = p
         for s in states:
             last = s.chunks[-1]
-            if last.eos:
-                s.end_reason = "eos"
-            elif last.p_yes is not None and last.p_yes > self.cfg.stop_threshold:
+            if last.p_yes is not None and last.p_yes > self.cfg.stop_threshold:
                 s.end_reason = "stop"
+            elif last.eos and last.p_yes is None:
+                s.end_reason = "eos"
             elif len(s.chunks) >= self.cfg.max_steps:
                 s.end_reason = "max_steps"
+            elif last.eos:
+                self.write_on(s)
+
+    def write_on(self, state: FlowState) -> None:
+        """Let the Answer LLM write on after the flow's last chunk: an end-of-turn token ending it is dropped
+        and the Answer cache cut to the tokens left (it covers all tokens but the last).
+
+        The chunk keeps ``eos``, so the model calls do not let the next chunk start with end-of-turn
+        (``hf_calls._WriteOn``): greedy decoding would end the turn again at once.
+        """
+        last = state.chunks[-1] if state.chunks else None
+        if last is not None and last.token_ids and last.token_ids[-1] in self.eos_ids:
+            last.token_ids = last.token_ids[:-1]
+        if state.cache is not None:
+            n = len(self.prompt_ids(state.problem)) + len(state.answer_ids()) - 1
+            state.cache = state.cache.truncate(n) if n <= state.cache.n else None
 
     def run(self, states: Iterable[FlowState]) -> Iterator[FlowState]:
         """Run flows to the end, keeping up to batch_size active; yield each as it finishes."""
@@ -102,14 +125,15 @@ class FlowEngine(ModelCalls):
             active = [s for s in active if not s.done]
 
     def branch(self, state: FlowState, n_chunks: int) -> FlowState:
-        """A new unfinished flow on the same problem from the first ``n_chunks`` chunks (sharing their cache)."""
-        chunks = [replace(c) for c in state.chunks[:n_chunks]]
-        cache = None
-        if state.cache is not None:
-            n = len(self.prompt_ids(state.problem)) + sum(len(c.token_ids) for c in chunks) - 1
-            cache = state.cache.truncate(n) if n <= state.cache.n else None
+        """A new unfinished flow on the same problem from the first ``n_chunks`` chunks (sharing their cache).
+
+        It writes on after them, even where the Answer LLM had ended its turn (the "continue"
+        counterfactual of a flow its Stop LLM ended there, with ``stop_at_eos``).
+        """
         # the Stop cache is shared as it is: its next use keeps only the prefix the branch's prompt shares
-        return FlowState(state.problem, chunks, cache=cache, stop_cache=state.stop_cache)
+        b = replace(state, chunks=[replace(c) for c in state.chunks[:n_chunks]], end_reason=None)
+        self.write_on(b)
+        return b
 
     def trace(self, state: FlowState) -> Trace:
         p = state.problem

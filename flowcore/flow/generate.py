@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import fields
 
 from flowcore.cli import HelpFormatter
 from flowcore import data, models, stats
+from flowcore.flow import engines
 from flowcore.flow.engine import FlowConfig, FlowEngine, zero_shot_config
 from flowcore.results import ResultsFile, cli_command
 
@@ -22,7 +23,11 @@ def add_flow_args(p: argparse.ArgumentParser) -> None:
     for f in fields(FlowConfig):
         if f.name in ("use_stop", "answer_role", "stop_role"):
             continue
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):  # argparse's type=bool reads any non-empty text, "False" too, as True
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default)
 
 
 def flow_config(args: argparse.Namespace) -> FlowConfig:
@@ -36,27 +41,6 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N problems")
     p.add_argument("--source", choices=("local", "hub"), default="local")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip malformed dataset lines instead of stopping")
-
-
-def load_model_with_adapters(model_name: str, adapter_dir: str | None, dtype: str = "auto",
-                             device: str = "auto"):
-    net, tok = models.load(model_name, dtype, device=device)
-    if adapter_dir:
-        from flowcore import adapters
-
-        net = adapters.load(net, adapter_dir)
-    return net, tok
-
-
-def open_engine(args: argparse.Namespace, cfg: FlowConfig) -> FlowEngine:
-    """The flow engine ``--engine`` names, with ``--model``, ``--adapters``, ``--dtype`` and ``--device``."""
-    if args.engine == "vllm":
-        from flowcore.flow.vllm_engine import VLLMFlowEngine
-
-        dtype = args.dtype if args.dtype != "auto" else str(models.fast_dtype(models.resolve_device(args.device)))
-        return VLLMFlowEngine(args.model, cfg, args.adapters, dtype=dtype.removeprefix("torch."), seed=cfg.seed)
-    net, tok = load_model_with_adapters(args.model, args.adapters, args.dtype, args.device)
-    return FlowEngine(net, tok, cfg)
 
 
 def solve_into(engine: FlowEngine, problems: list[data.Problem], out: ResultsFile, desc: str) -> None:
@@ -85,9 +69,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--dtype", choices=list(models.DTYPES), default="auto",
                    help=models.DTYPE_HELP + "; recorded in the meta file")
     p.add_argument("--device", choices=models.DEVICES, default="auto", help=models.DEVICE_HELP)
-    p.add_argument("--engine", choices=("hf", "vllm"), default="hf",
-                   help="hf: transformers (batched, KV reuse); vllm: vLLM, optional (requirements-vllm.txt, "
-                        "docs/engine.md); recorded in the meta file's settings")
+    p.add_argument("--engine", choices=engines.ENGINES, default="auto",
+                   help=engines.ENGINE_HELP + "; recorded in the meta file")
     add_data_args(p)
     add_flow_args(p)
     p.add_argument("--out", required=True, help="traces JSONL (resumed if it exists with the same settings)")
@@ -101,12 +84,14 @@ def main(argv: list[str]) -> int:
         if args.mode == "zero-shot":
             cfg = zero_shot_config(cfg)
         settings = {"model": args.model, "adapters": args.adapters, "mode": args.mode, "dataset": args.dataset,
-                    "split": args.split, "limit": args.limit, "source": args.source, "flow": asdict(cfg)}
-        if args.engine != "hf":
-            settings["engine"] = args.engine  # a file made on one engine is not resumed on the other
+                    "split": args.split, "limit": args.limit, "source": args.source, "flow": cfg.settings()}
+        kind = engines.choose(args.engine, args.device)
+        if kind != "hf":
+            settings["engine"] = kind  # a file made on one engine is not resumed on the other
         out = ResultsFile(args.out, settings, cli_command("generate", argv), overwrite=args.overwrite)
-        engine = open_engine(args, cfg)
-        out.note_runtime(engine.model if args.engine == "hf" else engine)  # a file started in another dtype is refused
+        engine = engines.open_engine(args.model, cfg, engines.role_dirs(args.adapters), args.dtype, args.device,
+                                     kind, seed=cfg.seed)
+        out.note_runtime(engine)  # a file started in another dtype is refused
     except (data.DataError, models.ModelError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

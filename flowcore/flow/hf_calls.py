@@ -11,7 +11,7 @@ import time
 from typing import Iterator
 
 import torch
-from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from flowcore import adapters
 from flowcore.flow.state import Chunk, FlowConfig, FlowState, KVPrefix
@@ -45,8 +45,28 @@ class _FewRowsLeft(StoppingCriteria):
         return torch.full((len(new),), stop, dtype=torch.bool, device=new.device)
 
 
+class _WriteOn(LogitsProcessor):
+    """Bans end-of-turn as the first new token of the rows whose flow writes on where the Answer LLM had ended
+    its turn (``FlowConfig.stop_at_eos``, ``FlowEngine.write_on``): greedy decoding would end it again at once."""
+
+    def __init__(self, rows: list[bool], width: int, eos_ids: list[int]):
+        self.rows, self.width, self.eos = torch.tensor(rows).nonzero()[:, 0], width, torch.tensor(eos_ids)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[1] == self.width:
+            scores = scores.clone()
+            scores[self.rows.to(scores.device)[:, None], self.eos.to(scores.device)] = -float("inf")
+        return scores
+
+
 class ModelCalls(FlowText):
     """Answer chunks and Stop probabilities for many flows at once, on one model (with or without adapters)."""
+
+    engine_name = "hf"
+
+    @property
+    def dtype(self):
+        return self.model.dtype
 
     def __init__(self, model, tokenizer, config: FlowConfig | None = None, reuse_kv: bool = True):
         self.model = model
@@ -78,9 +98,8 @@ class ModelCalls(FlowText):
         finally:
             self.model.train(was_training)
 
-    def _prefill(self, seqs: list[list[int]]) -> list[KVPrefix]:
-        """Answer-LLM caches of every sequence but its last token (length-sorted groups, like stop_probs)."""
-        role = self.cfg.answer_role
+    def _prefill(self, seqs: list[list[int]], role: str | None) -> list[KVPrefix]:
+        """Answer-LLM caches (``role``) of every sequence but its last token (length-sorted groups, like stop_probs)."""
         caches: list[KVPrefix | None] = [None] * len(seqs)
         for group in length_groups(seqs, PASS_ROWS):
             ids, mask = self._pad_left([seqs[i][:-1] for i in group])
@@ -111,10 +130,11 @@ class ModelCalls(FlowText):
             data.append((keys, values))
         return DynamicCache(ddp_cache_data=data, config=self.model.config)
 
-    def _generate(self, seqs: list[list[int]], temperature: float,
-                  caches: list[KVPrefix | None] | None = None) -> tuple[list[list[int]], list[KVPrefix | None]]:
-        """One chunk for each sequence, trimmed after the first eos; and, with ``reuse_kv``, each
-        row's cache after it (all its tokens but the last).
+    def _generate(self, seqs: list[list[int]], temperature: float, caches: list[KVPrefix | None] | None,
+                  role: str | None,
+                  write_on: list[bool] | None = None) -> tuple[list[list[int]], list[KVPrefix | None]]:
+        """One chunk for each sequence from the Answer adapter ``role``, trimmed after the first eos; and,
+        with ``reuse_kv``, each row's cache after it (all its tokens but the last).
 
         KV reuse: a flow's earlier chunks are not re-encoded. Every row enters with
         the cache of all its tokens but the last (rows without one get it from one
@@ -129,8 +149,9 @@ class ModelCalls(FlowText):
         chunks: list[list[int]] = [[] for _ in range(n)]
         todo, budget = list(range(n)), self.cfg.chunk_size
         while todo:
+            first = budget == self.cfg.chunk_size
             rows, kvs, used = self._generate_call([seqs[i] for i in todo], temperature,
-                                                  [caches[i] for i in todo], budget)
+                                                  [caches[i] for i in todo], budget, role, write_on if first else None)
             budget -= used
             left = []
             for i, row, kv in zip(todo, rows, kvs):
@@ -143,24 +164,27 @@ class ModelCalls(FlowText):
         return chunks, caches
 
     def _generate_call(self, seqs: list[list[int]], temperature: float, caches: list[KVPrefix | None],
-                       budget: int) -> tuple[list[list[int]], list[KVPrefix | None], int]:
+                       budget: int, role: str | None,
+                       write_on: list[bool] | None = None) -> tuple[list[list[int]], list[KVPrefix | None], int]:
         """One ``generate`` call of at most ``budget`` new tokens: each row's tokens (trimmed after
-        the first eos), its cache (with ``reuse_kv``), and how many positions the call decoded."""
+        the first eos), its cache (with ``reuse_kv``), and how many positions the call decoded.
+        ``write_on[i]``: row i's first token may not be end-of-turn (``_WriteOn``)."""
         t0 = time.perf_counter()
         ids, mask = self._pad_left(seqs)
         width = ids.shape[1]
         kwargs = {}
         if self.reuse_kv:
-            role = self.cfg.answer_role
             caches = list(caches)
             stale = [i for i, c in enumerate(caches) if c is None or c.role != role or c.n != len(seqs[i]) - 1]
-            for i, c in zip(stale, self._prefill([seqs[i] for i in stale]) if stale else []):
+            for i, c in zip(stale, self._prefill([seqs[i] for i in stale], role) if stale else []):
                 caches[i] = c
             kwargs = {"past_key_values": self._batch_cache(caches, width - 1), "return_dict_in_generate": True}
             if len(seqs) > 1:
                 kwargs["stopping_criteria"] = StoppingCriteriaList([_FewRowsLeft(width, budget, self.eos_ids)])
+        if write_on and any(write_on):
+            kwargs["logits_processor"] = LogitsProcessorList([_WriteOn(write_on, width, self.eos_ids)])
         sample = temperature > 0
-        with self._inference(self.cfg.answer_role):
+        with self._inference(role):
             out = self.model.generate(
                 input_ids=ids,
                 attention_mask=mask,
@@ -185,7 +209,7 @@ class ModelCalls(FlowText):
             self.stats["generated_tokens"] += cut
             if self.reuse_kv:  # row i's real positions: [width - len(seq), width + cut - 1)
                 start, n = width - len(seqs[i]), len(seqs[i]) + cut - 1
-                new_caches.append(KVPrefix(n, self.cfg.answer_role, [
+                new_caches.append(KVPrefix(n, role, [
                     (layer.keys[i:i + 1, :, start:start + n].clone(), layer.values[i:i + 1, :, start:start + n].clone())
                     for layer in out.past_key_values.layers]))
             else:
@@ -214,13 +238,20 @@ class ModelCalls(FlowText):
 
     def _chunks(self, seqs: list[list[int]], states: list[FlowState],
                 temperature: float) -> list[tuple[list[int], KVPrefix | None]]:
-        """One new chunk per sequence and its Answer cache after it: ``batch_size`` rows per call, each
-        from its flow's cache (the part of ``generate_chunks`` an engine on another backend replaces)."""
-        made = []
-        for start in range(0, len(seqs), self.cfg.batch_size):
-            rows = slice(start, start + self.cfg.batch_size)
-            ids, caches = self._generate(seqs[rows], temperature, [s.cache for s in states[rows]])
-            made += zip(ids, caches)
+        """One new chunk per sequence and its Answer cache after it: ``batch_size`` rows of one Answer adapter
+        per call (a flow's own ``answer_role``, else the config's), each from its flow's cache (the part of
+        ``generate_chunks`` an engine on another backend replaces)."""
+        by_role: dict[str | None, list[int]] = {}
+        for i, s in enumerate(states):
+            by_role.setdefault(s.answer_role or self.cfg.answer_role, []).append(i)
+        made: list = [None] * len(seqs)
+        for role, rows in by_role.items():
+            for start in range(0, len(rows), self.cfg.batch_size):
+                part = rows[start:start + self.cfg.batch_size]
+                ids, kvs = self._generate([seqs[i] for i in part], temperature, [states[i].cache for i in part], role,
+                                          [states[i].writes_on for i in part])
+                for i, row in zip(part, zip(ids, kvs)):
+                    made[i] = row
         return made
 
     def _stop_prefix(self, state: FlowState, ids: list[int]) -> KVPrefix | None:

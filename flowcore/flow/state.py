@@ -23,6 +23,22 @@ class FlowConfig:
     use_stop: bool = True  # False: no Stop LLM (single-model zero-shot)
     answer_role: str | None = "answer"  # adapter for the Answer LLM (None: base model)
     stop_role: str | None = "stop"  # adapter for the Stop LLM (None: base model)
+    # (ours) also ask the Stop LLM after the chunk where the Answer LLM ended its turn: Yes ends the flow there,
+    # No drops the end-of-turn token and the Answer LLM writes on (its next chunk may not start by ending the
+    # turn again). Off: end-of-turn ends the flow unasked, so the Stop LLM only ever judges unfinished answers.
+    stop_at_eos: bool = False
+
+    def settings(self) -> dict:
+        """The fields as results files record them: a field added after files were committed is left out
+        while it holds its default, so those files still resume and compare equal (``ADDED_LATER``)."""
+        out = asdict(self)
+        for name, default in ADDED_LATER.items():
+            if out[name] == default:
+                del out[name]
+        return out
+
+
+ADDED_LATER = {"stop_at_eos": False}  # FlowConfig fields added after results were committed, with their defaults
 
 
 def zero_shot_config(cfg: FlowConfig) -> FlowConfig:
@@ -56,7 +72,7 @@ class Chunk:
     token_ids: list[int]
     text: str
     p_yes: float | None = None  # Stop LLM's P(Yes) after this chunk (None: not asked)
-    eos: bool = False  # the Answer LLM ended its turn inside this chunk
+    eos: bool = False  # the Answer LLM ended its turn inside this chunk (kept when stop_at_eos drops the token)
     kv: KVPrefix | None = field(default=None, repr=False, compare=False)  # handed to the state by step()
 
 
@@ -69,10 +85,17 @@ class FlowState:
     end_reason: str | None = None  # "stop" | "eos" | "max_steps"
     cache: KVPrefix | None = field(default=None, repr=False, compare=False)  # Answer LLM KV of all but the last token
     stop_cache: KVPrefix | None = field(default=None, repr=False, compare=False)  # Stop LLM KV of its last prompt
+    answer_role: str | None = None  # this flow's Answer adapter instead of the config's (the app's Compare)
 
     @property
     def done(self) -> bool:
         return self.end_reason is not None
+
+    @property
+    def writes_on(self) -> bool:
+        """The last chunk ended the turn, yet the flow goes on (``stop_at_eos``: the Stop LLM said No): the next
+        chunk may not start by ending it again."""
+        return bool(self.chunks) and self.chunks[-1].eos
 
     def answer_ids(self) -> list[int]:
         return [t for c in self.chunks for t in c.token_ids]

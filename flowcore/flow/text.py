@@ -4,6 +4,7 @@ end-of-turn ids, the prompts as token ids, and the counters (``ModelCalls`` on t
 from __future__ import annotations
 
 import collections
+import copy
 
 from flowcore import prompts
 from flowcore.data import Problem
@@ -26,6 +27,26 @@ class FlowText:
         # decodes until its batch's longest chunk is done, so generated_tokens / this is the batch's use),
         # stop_tokens (Stop prompt tokens asked about), stop_cached_tokens (of those, taken from a cache)
         self.stats = collections.Counter()
+
+    def configured(self, config: FlowConfig) -> "FlowText":
+        """This engine (the same loaded model and adapters) under other flow settings, with its own counters."""
+        other = copy.copy(self)
+        other.cfg, other.stats = config, collections.Counter()
+        return other
+
+    def sampler_state(self) -> dict:
+        """What sampling draws from besides torch's generators (checkpointed by online training): none here."""
+        return {}
+
+    def set_sampler_state(self, state: dict) -> None:
+        pass
+
+    def sync_adapters(self, peft_model) -> None:
+        """Serve ``peft_model``'s adapters as they are now (online training, after DPO steps). This engine runs
+        that very model, so there is nothing to do; an engine with its own copy of the weights reloads them."""
+
+    def new_round(self) -> None:
+        """Online training starts a round: nothing carried over from earlier rounds may change its flows."""
 
     def prompt_ids(self, problem: Problem) -> list[int]:
         key = problem.question

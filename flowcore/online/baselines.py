@@ -11,6 +11,8 @@ ordered ``example_ids``) and writes, with the same machinery as
   (``flow.zero_shot_config``).
 
 One graded trace per example, appended as flows finish; rerunning resumes.
+Both run on one engine (``--engine``, loaded once): the zero-shot baseline is
+the same loaded model under ``zero_shot_config`` (``engine.configured``).
 Neither baseline learns, so their "progressive" accuracy is a running mean
 over the run's example order.
 """
@@ -19,12 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from flowcore.cli import HelpFormatter
 from flowcore import data, models, stats
-from flowcore.flow.engine import FlowConfig, FlowEngine, zero_shot_config
+from flowcore.flow import engines
+from flowcore.flow.engine import FlowConfig, zero_shot_config
 from flowcore.flow.generate import solve_into
 from flowcore.results import ResultsFile, cli_command
 
@@ -61,6 +63,8 @@ def main(argv: list[str]) -> int:
                    help="model dtype (default: the one the run trained in, from config.json's runtime block; "
                         "auto for runs that did not record it). Trade-off: " + models.DTYPE_TRADEOFF)
     p.add_argument("--device", choices=models.DEVICES, default="auto", help=models.DEVICE_HELP)
+    p.add_argument("--engine", choices=engines.ENGINES, default="auto",
+                   help=engines.ENGINE_HELP + "; recorded in the meta files")
     args = p.parse_args(argv)
     run = Path(args.run)
     try:
@@ -71,22 +75,26 @@ def main(argv: list[str]) -> int:
         if args.batch_size:
             flow.batch_size = args.batch_size
         dtype = args.dtype or config.get("runtime", {}).get("dtype", "auto").removeprefix("torch.")
-        net, tok = models.load(settings["model"], dtype, device=args.device)
-    except (FileNotFoundError, data.DataError, models.ModelError, KeyError, TypeError) as e:
+        kind = engines.choose(args.engine, args.device)
+        engine = engines.open_engine(settings["model"], flow, dtype=dtype, device=args.device, engine=kind,
+                                     seed=flow.seed)
+    except (FileNotFoundError, data.DataError, models.ModelError, KeyError, TypeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
     for mode in (FILES if args.which == "both" else [args.which]):
         cfg = zero_shot_config(flow) if mode == "zero-shot" else flow
         info = {"model": settings["model"], "mode": mode, "dataset": settings["dataset"], "split": settings["split"],
-                "example_ids": config["example_ids"], "flow": asdict(cfg)}
-        out = ResultsFile(run / FILES[mode], info, cli_command("baselines", argv))
+                "example_ids": config["example_ids"], "flow": cfg.settings()}
+        if kind != "hf":
+            info["engine"] = kind  # a file made on one engine is not resumed on the other
         try:
-            out.note_runtime(net)  # a file started in another dtype is refused
+            out = ResultsFile(run / FILES[mode], info, cli_command("baselines", argv))
+            out.note_runtime(engine)  # a file started in another dtype is refused
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        solve_into(FlowEngine(net, tok, cfg), problems, out, desc=f"baseline {mode}")
+        solve_into(engine.configured(cfg), problems, out, desc=f"baseline {mode}")
         acc = stats.accuracy([r["correct"] for r in out.records])
         out.finish(acc)
         print(f"baseline {mode}: {stats.fmt(acc)} -> {run / FILES[mode]}")

@@ -8,7 +8,9 @@ state of every random generator each process draws from:
 - python ``random``;
 - torch's CPU generator (LoRA dropout masks, and rollout sampling on the CPU);
 - every CUDA device's generator, when torch sees CUDA: on a GPU the rollouts'
-  ``multinomial`` and the dropout masks draw from it, not from the CPU's.
+  ``multinomial`` and the dropout masks draw from it, not from the CPU's;
+- the flow engine's own sampler state (``engine.sampler_state()``): on vLLM the
+  counter its per-request seeds come from.
 
 numpy's generator is not saved: nothing in a run draws from it.
 
@@ -51,13 +53,16 @@ def check_resume(run: Path, config: dict, settings: dict, example_ids: list[str]
     results.check_runtime(run, config.get("runtime"), runtime, ("dtype", "device"))
 
 
-def rng_state() -> dict:
+def rng_state(engine=None) -> dict:
     """This process's generators (tensors and tuples only: ``torch.load(weights_only=True)`` reads them)."""
     return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "engine": engine.sampler_state() if engine is not None else {}}
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, engine=None) -> None:
+    if engine is not None:
+        engine.set_sampler_state(state.get("engine") or {})
     random.setstate(_tuples(state["python"]))
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda")  # absent in checkpoints from before CUDA states were saved
@@ -78,9 +83,10 @@ def truncate_jsonl(path: Path, position: int) -> None:
     results.write_jsonl_atomic(path, [r for r in results.read_jsonl(path) if r["index"] < position])
 
 
-def save_checkpoint(run: Path, trainer, peft_model, position: int, pending: dict, elapsed: float, procs) -> None:
+def save_checkpoint(run: Path, trainer, peft_model, position: int, pending: dict, elapsed: float, procs,
+                    engine=None) -> None:
     """Every process's generators, gathered; rank 0 writes ``checkpoint.pt`` and ``adapters/``."""
-    rng = procs.gather([rng_state()])
+    rng = procs.gather([rng_state(engine)])
     if procs.rank == 0:
         blob = {"position": position, "elapsed": elapsed, "world": procs.world, "rng": rng,
                 "pending": {role: [asdict(p) for p in pending[role]] for role in ROLES},
@@ -96,12 +102,12 @@ def save_checkpoint(run: Path, trainer, peft_model, position: int, pending: dict
     procs.barrier()
 
 
-def load_checkpoint(run: Path, trainer, procs) -> tuple[int, dict, float]:
+def load_checkpoint(run: Path, trainer, procs, engine=None) -> tuple[int, dict, float]:
     """Restore the trainer and this process's generators; (position, pending pairs, seconds so far)."""
     blob = torch.load(run / CHECKPOINT, weights_only=True, map_location="cpu")  # every rank, whatever GPU saved it
     if blob["world"] != procs.world:
         raise CheckpointError(f"{run} was checkpointed with {blob['world']} process(es); resume with the same number")
     trainer.load_state_dict(blob["trainer"])
-    set_rng_state(blob["rng"][procs.rank])
+    set_rng_state(blob["rng"][procs.rank], engine)
     pending = {role: [Pair(**p) for p in blob["pending"][role]] for role in ROLES}
     return blob["position"], pending, blob["elapsed"]

@@ -29,6 +29,13 @@ steps 2-4, on flows already run: the app explores the flow it has shown):
    correct one is chosen ("Yes" = stop, "No" = continue; the first token of
    each, as the Stop LLM reads them). Only the original trace's decisions
    make Stop pairs, not the rollouts' own decisions (ours).
+   Where the Answer LLM ended its turn there is a Stop decision only with
+   ``FlowConfig.stop_at_eos`` (ours); its counterfactuals are the same: a flow
+   that wrote on is graded as it stood at the end of that turn, and a flow
+   stopped there is continued by ``engine.branch`` (which drops the end-of-turn
+   token). So "Yes" can win where a complete answer is right and writing on
+   breaks it, and "No" where it is wrong and writing on fixes it; without the
+   option every Stop decision is mid-answer, where stopping is nearly always wrong.
 
 Batching: every rollout and every "continue" counterfactual of every problem
 goes through the engine together: the first (sampled) chunk of all rollouts in
@@ -127,7 +134,8 @@ def explore_flows(engine: FlowEngine, originals: list[FlowState], rollouts: int 
     if answer_branches:
         engine.step([b for _, _, b in answer_branches], avoid=avoid, temperature=temperature)
 
-    # "Continue" counterfactuals of flows the Stop LLM ended (room for another chunk left).
+    # "Continue" counterfactuals of flows the Stop LLM ended (room for another chunk left; a branch writes on
+    # even after a chunk that ended the Answer LLM's turn, see FlowEngine.branch).
     continue_branches = [(i, len(s.chunks) - 1, engine.branch(s, len(s.chunks))) for i, s in enumerate(originals)
                          if s.end_reason == "stop" and len(s.chunks) < engine.cfg.max_steps]
 
@@ -183,7 +191,7 @@ def stop_pairs(engine: FlowEngine, state: FlowState, trace: Trace,
     problem, pairs = state.problem, []
     for k, chunk in enumerate(state.chunks):
         if chunk.p_yes is None:
-            continue  # no Stop decision here (the Answer LLM ended its turn, or no Stop LLM)
+            continue  # no Stop decision here (the Answer LLM ended its turn without stop_at_eos, or no Stop LLM)
         last = k == len(state.chunks) - 1
         partial = [t for c in state.chunks[:k + 1] for t in c.token_ids]
         if not last:  # the flow went on; counterfactual: stop here with the partial answer

@@ -28,6 +28,13 @@ they were at the start of its round. With ``group_size 1`` and one process this
 is the paper's model_{i-1}; steps only happen every ``batch_pairs`` pairs
 anyway, so larger rounds change little (ours: rounds buy batched generation).
 
+Engines (``--engine``, default auto: vLLM where installed): the DPO steps always run on the
+transformers/peft model; the flows run on the engine. On vLLM, which holds its own copy of the
+weights, the adapters are exported and loaded under new ids after every round that stepped (the
+weight sync, ``VLLMFlowEngine.sync_adapters``), so each round is still predicted by the adapters as
+they were at its start; each round also starts with an empty prefix cache, and the per-request seed
+counter is checkpointed, so ``--resume`` stays exact on vLLM too (tested).
+
 Examples are the first ``--examples`` of one seeded permutation of the split
 (``--seed``; so a 400-example run is the start of a 2,000-example one), listed
 in ``config.json`` so the baselines (``python -m flowcore baselines --run``) run
@@ -53,6 +60,7 @@ from flowcore.adapters import ROLES
 from flowcore.online.checkpoint import (CHECKPOINT, CheckpointError, check_resume, load_checkpoint,
                                        save_checkpoint, truncate_jsonl)
 from flowcore.online.dpo import OnlineDPO, OnlineDPOConfig
+from flowcore.flow import engines
 from flowcore.flow.engine import FlowConfig, FlowEngine
 from flowcore.flow.generate import add_flow_args, flow_config
 from flowcore.online.processes import Processes
@@ -140,18 +148,22 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", choices=models.DEVICES, default="auto",
                    help=models.DEVICE_HELP + " (under accelerate: each process's own GPU). Recorded in config.json's "
                         "runtime block; --resume refuses another (sampling draws from another generator)")
+    p.add_argument("--engine", choices=engines.ENGINES, default="auto",
+                   help=engines.ENGINE_HELP + ". Recorded in config.json; --resume refuses another")
     add_flow_args(p)
     add_dpo_args(p)
     return p.parse_args(argv)
 
 
 def prepare_run(args: argparse.Namespace, argv: list[str], problems: list, flow: FlowConfig,
-                dpo: OnlineDPOConfig, procs: Processes, net, order: str) -> Path:
+                dpo: OnlineDPOConfig, procs: Processes, net, order: str, engine: str = "hf") -> Path:
     """Create the run directory, or check that --resume matches how it was started."""
     settings = {"model": args.model, "dataset": args.dataset, "split": args.split, "source": args.source,
                 "data_file": args.data_file, "examples": args.examples, "seed": dpo.seed, "world_size": procs.world,
-                "flow": asdict(flow), "dpo": asdict(dpo)}
-    runtime = {**results.runtime(net), "device": procs.device.type}
+                "flow": flow.settings(), "dpo": asdict(dpo)}
+    if engine != "hf":
+        settings["engine"] = engine  # runs without the field were made on hf (and resume there)
+    runtime = {**results.runtime(net), "device": procs.device.type, "engine": engine}
     run = Path(args.out)
     config_path = run / CONFIG
     if args.resume:
@@ -177,14 +189,23 @@ def main(argv: list[str]) -> int:
         order = run_order(args)
         problems = example_order(load_problems(args.dataset, args.split, args.source, args.data_file),
                                  args.examples, dpo.seed, order)
+        kind = engines.choose(args.engine, str(procs.device))
+        if kind == "vllm" and procs.world > 1:
+            raise TrainError("--engine vllm runs one process (one engine holds the model); for data-parallel "
+                             "training pass --engine hf")
         net, tok = models.load(args.model, args.dtype, device=procs.device)
-        run = prepare_run(args, argv, problems, flow, dpo, procs, net, order) if procs.rank == 0 else Path(args.out)
+        run = (prepare_run(args, argv, problems, flow, dpo, procs, net, order, kind) if procs.rank == 0
+               else Path(args.out))
+        engine = None
+        if kind == "vllm":  # the flows on vLLM, in the dtype the DPO model trains in
+            engine = engines.open_engine(args.model, flow, dtype=str(net.dtype), device=str(procs.device),
+                                         engine="vllm", seed=flow.seed, lora_rank=dpo.lora_r)
     except (TrainError, data.DataError, models.ModelError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     procs.barrier()
     try:
-        train(net, tok, problems, run, flow, dpo, procs, resume=args.resume)
+        train(net, tok, problems, run, flow, dpo, procs, resume=args.resume, engine=engine)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -195,19 +216,23 @@ def main(argv: list[str]) -> int:
 
 
 def train(net, tok, problems: list[data.Problem], run: Path, flow: FlowConfig, dpo: OnlineDPOConfig,
-          procs: Processes, resume: bool = False) -> dict:
-    """Run (or resume) the online loop over ``problems``; returns a summary of this process's work."""
+          procs: Processes, resume: bool = False, engine: FlowEngine | None = None) -> dict:
+    """Run (or resume) the online loop over ``problems``; returns a summary of this process's work.
+
+    ``engine``: where the flows run (an engine of its own, e.g. vLLM, kept in sync with the adapters);
+    None: the transformers engine on the model being trained."""
     torch.manual_seed(dpo.seed)  # the same LoRA init on every process
     peft_model = adapters.attach(net, adapters.lora_config(dpo))
     peft_model.eval()
     trainer = OnlineDPO(peft_model, tok.pad_token_id, dpo, procs.rank, procs.world, procs.all_reduce)
-    engine = FlowEngine(peft_model, tok, flow)
+    engine = engine or FlowEngine(peft_model, tok, flow)
     torch.manual_seed(dpo.seed + 1 + procs.rank)  # sampling differs between processes
     random.seed(dpo.seed + 1 + procs.rank)
 
     position, pending, elapsed_before = 0, {role: [] for role in ROLES}, 0.0
     if resume and (run / CHECKPOINT).is_file():
-        position, pending, elapsed_before = load_checkpoint(run, trainer, procs)
+        position, pending, elapsed_before = load_checkpoint(run, trainer, procs, engine)
+    engine.sync_adapters(peft_model)
     if procs.rank == 0:
         for name in (PROGRESS, PAIRS):
             (run / name).touch()
@@ -229,6 +254,7 @@ def train(net, tok, problems: list[data.Problem], run: Path, flow: FlowConfig, d
         t0 = time.time()
         indices = list(range(position, min(n, position + round_size)))
         mine = indices[procs.rank * dpo.group_size:(procs.rank + 1) * dpo.group_size]
+        engine.new_round()
         explorations = explore(engine, [problems[i] for i in mine], dpo.rollouts, dpo.rollout_temperature)
         explore_seconds = procs.gather([round(time.time() - t0, 3)])  # per process: data-parallel balance
         found = procs.gather([(i, x) for i, x in zip(mine, explorations)])
@@ -248,6 +274,8 @@ def train(net, tok, problems: list[data.Problem], run: Path, flow: FlowConfig, d
                 if pending[role]:
                     steps.append(trainer.update(role, pending[role]))
                     pending[role] = []
+        if steps and position < n:
+            engine.sync_adapters(peft_model)  # the next round is predicted by the adapters as they are now
 
         seconds = time.time() - t0
         elapsed = elapsed_before + time.time() - t_start
@@ -277,7 +305,7 @@ def train(net, tok, problems: list[data.Problem], run: Path, flow: FlowConfig, d
             bar.update(len(found))
 
         if position - last_checkpoint >= dpo.checkpoint_every or position == n:
-            save_checkpoint(run, trainer, peft_model, position, pending, elapsed, procs)
+            save_checkpoint(run, trainer, peft_model, position, pending, elapsed, procs, engine)
             last_checkpoint = position
 
     # every process must hold the same adapters (same batches, summed gradients): check it
@@ -286,7 +314,8 @@ def train(net, tok, problems: list[data.Problem], run: Path, flow: FlowConfig, d
     if len(set(checksums)) > 1:
         raise RuntimeError(f"processes ended with different adapters: {checksums}")
     summary = {"steps": dict(trainer.steps), "generated_tokens": engine.stats["generated_tokens"],
-               "decoded_row_tokens": engine.stats["decoded_row_tokens"]}
+               "decoded_row_tokens": engine.stats["decoded_row_tokens"],
+               "adapter_syncs": engine.stats["adapter_syncs"], "sync_seconds": engine.stats["sync_seconds"]}
     if procs.rank == 0:
         bar.close()
         if procs.world > 1:
@@ -295,6 +324,10 @@ def train(net, tok, problems: list[data.Problem], run: Path, flow: FlowConfig, d
         acc = stats.accuracy([r["correct"] for r in records])
         n_pairs = sum(r["n_answer_pairs"] + r["n_stop_pairs"] for r in records)
         summary.update(accuracy=acc, pairs=n_pairs)
+        syncs = (f"; {summary['adapter_syncs']} adapter syncs in {summary['sync_seconds']:.2f} s"
+                 if summary["adapter_syncs"] else "")
+        syncs += (f"; engine {engine.engine_name}: {engine.stats['generated_tokens']} tokens generated, Answer calls "
+                  f"{engine.stats['answer_seconds']:.1f} s, Stop calls {engine.stats['stop_seconds']:.1f} s")
         print(f"online Flow-DPO: progressive accuracy {stats.fmt(acc)}; {n_pairs / max(1, len(records)):.2f} pairs "
-              f"per example; steps {trainer.steps}; files in {run}")
+              f"per example; steps {trainer.steps}{syncs}; files in {run}")
     return summary
