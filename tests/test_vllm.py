@@ -221,6 +221,48 @@ def test_lm_eval_vllm_model_agrees_with_flowcore_zero_shot(tmp_path):
         assert s["exact_match"] == float(mine["correct"])
 
 
+def test_lm_eval_vllm_with_a_lora_adapter_agrees_with_flowcore_evaluate(tmp_path, lora_dir):
+    """The table's SFT rows through lm-eval's own vLLM model (``enable_lora=True,lora_local_path=...``) give what
+    ``flowcore.evaluate`` gives for the same adapter (a single model, the zero-shot budget), problem by problem;
+    the adapter (lora_dir's, made 5x stronger) changes what the base model writes, so agreement means both served it."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from flowcore import data, models
+    from flowcore.eval import evaluate, lm_eval_cli
+    from flowcore.flow import engines
+    from flowcore.flow.engine import FlowConfig
+    from flowcore.results import ResultsFile
+
+    root = Path(__file__).resolve().parents[1]
+    adapter = tmp_path / "sft"
+    shutil.copytree(lora_dir / "answer", adapter)
+    weights = load_file(adapter / "adapter_model.safetensors")
+    save_file({k: v * 5 if "lora_B" in k else v for k, v in weights.items()}, adapter / "adapter_model.safetensors",
+              metadata={"format": "pt"})
+    args = (f"pretrained={models.resolve(models.TEST_MODEL)},dtype=float32,max_model_len=4096,enable_lora=True,"
+            f"max_lora_rank=8,lora_local_path={adapter}")
+    assert lm_eval_cli.main(["--model", "vllm", "--model_args", args, "--apply_chat_template",
+                             "--include_path", str(root / "eval_tasks"), "--tasks", "flow_gsm8k", "--limit", "2",
+                             "--log_samples", "--output_path", str(tmp_path / "lm")]) == 0
+    samples = [json.loads(line) for f in (tmp_path / "lm").rglob("samples_flow_gsm8k_*.jsonl") for line in open(f)]
+    engine = engines.open_engine(models.TEST_MODEL, adapters={"sft": adapter}, dtype="float32", engine="vllm")
+    problems = data.load("gsm8k", "test", 2)
+    ours = evaluate.evaluate(engine, "sft", problems, ResultsFile(tmp_path / "sft.jsonl", {"t": 1}, "test"),
+                             FlowConfig(), "sft")
+    by_id = {r["problem_id"]: r for r in ours}
+    base = evaluate.evaluate(engine, None, problems, ResultsFile(tmp_path / "base.jsonl", {"t": 1}, "test"),
+                             FlowConfig(), "base")
+    assert [r["completion"] for r in base] != [r["completion"] for r in ours]
+    assert len(samples) == 2
+    for s in samples:
+        mine = by_id[s["doc"]["id"]]
+        assert s["resps"][0][0].strip() == mine["completion"].strip()
+        assert s["exact_match"] == float(mine["correct"])
+
+
 def _sums(path: Path) -> str:
     """Sums smollm2 answers in one chunk. The example order (seed 0) starts with row 6, which greedy decoding gets
     right ("The answer is 12.") and sampled rollouts mostly not: the first round makes pairs and DPO steps."""
