@@ -67,10 +67,7 @@ def open_engine(model: str, cfg: FlowConfig | None = None, adapters: dict[str, s
     ``lora_rank``/``max_loras`` (vLLM only): the largest rank and the number of adapters that will be
     served, when more are loaded later (online training); by default those of ``adapters``.
     """
-    adapters = {name: Path(path) for name, path in (adapters or {}).items()}
-    for name, path in adapters.items():
-        if not (path / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"no {name} adapter at {path} (expected {path}/adapter_config.json)")
+    adapters = {name: Path(path) for name, path in (adapters or {}).items()}  # each backend checks the dirs
     if choose(engine, device) == "vllm":
         from flowcore.flow.vllm_engine import VLLMFlowEngine
 

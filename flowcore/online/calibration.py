@@ -25,6 +25,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from flowcore.flow.engines import ENGINES
 from flowcore import data, grading, models, results
 from flowcore.cli import HelpFormatter
 
@@ -164,7 +165,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--split", default="test", help="with --model: the dataset split the traces' problems come from")
     p.add_argument("--dtype", choices=list(models.DTYPES), default="auto", help=models.DTYPE_HELP)
     p.add_argument("--device", choices=models.DEVICES, default="auto", help=models.DEVICE_HELP)
-    p.add_argument("--engine", choices=("auto", "hf", "vllm"), default="auto",
+    p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="with --model: what runs it (auto: vLLM where installed, else hf; docs/engine.md)")
     p.add_argument("--batch-size", type=int, default=16, help="with --model: traces asked about together")
     p.add_argument("--stop-threshold", type=float, default=0.5, help="the flow's threshold, for the 'says Yes' column")
