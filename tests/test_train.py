@@ -24,7 +24,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASET
        "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 SETTINGS = ["--dataset", "gsm8k", "--examples", "6", "--chunk-size", "6", "--max-steps", "6", "--stop-threshold", "1.0",
             "--group-size", "2", "--batch-pairs", "3", "--checkpoint-every", "2", "--lr", "1e-3", "--rollouts", "1"]
-TIMING = ("seconds", "elapsed", "explore_seconds")
+TIMING = ("seconds", "elapsed", "explore_seconds", "cpu_seconds")
 
 
 @pytest.fixture(scope="module")

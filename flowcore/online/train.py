@@ -251,7 +251,7 @@ def train(net, tok, problems: list[data.Problem], run: Path, flow: FlowConfig, d
         bar = tqdm(total=n, initial=position, desc=f"online Flow-DPO x{procs.world}", unit="example")
 
     while position < n:
-        t0 = time.time()
+        t0, cpu0 = time.time(), time.process_time()
         indices = list(range(position, min(n, position + round_size)))
         mine = indices[procs.rank * dpo.group_size:(procs.rank + 1) * dpo.group_size]
         engine.new_round()
@@ -277,7 +277,7 @@ def train(net, tok, problems: list[data.Problem], run: Path, flow: FlowConfig, d
         if steps and position < n:
             engine.sync_adapters(peft_model)  # the next round is predicted by the adapters as they are now
 
-        seconds = time.time() - t0
+        seconds, cpu_seconds = time.time() - t0, time.process_time() - cpu0
         elapsed = elapsed_before + time.time() - t_start
         if procs.rank == 0:
             for j, (i, x) in enumerate(found):
@@ -292,6 +292,8 @@ def train(net, tok, problems: list[data.Problem], run: Path, flow: FlowConfig, d
                     "losses": steps if j == len(found) - 1 else [],
                     "explore_seconds": explore_seconds if j == len(found) - 1 else [],
                     "seconds": round(seconds / len(found), 3), "elapsed": round(elapsed, 3),
+                    # this process's CPU time (all its threads): a cost that other load on the machine barely moves
+                    "cpu_seconds": round(cpu_seconds / len(found), 3),
                 }
                 results.append_jsonl(run / PAIRS, [{"index": i, **p.to_dict()} for p in x.pairs])
                 results.append_jsonl(run / PROGRESS, [record])
