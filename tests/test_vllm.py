@@ -317,7 +317,7 @@ def test_online_training_on_vllm_syncs_adapters_and_resumes_exactly(tmp_path):
     assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
     r = run(killed, "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
-    timing = ("seconds", "elapsed", "explore_seconds")
+    timing = ("seconds", "elapsed", "explore_seconds", "cpu_seconds")
     strip = lambda rows: [{k: v for k, v in x.items() if k not in timing} for x in rows]  # noqa: E731
     assert strip(read_jsonl(killed / "progress.jsonl")) == strip(progress)
     assert read_jsonl(killed / "pairs.jsonl") == read_jsonl(whole / "pairs.jsonl")
