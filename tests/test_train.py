@@ -218,8 +218,19 @@ def test_sweep_table(setup, one_thread, capsys):
         changed = [p["extracted"] != untrained[p["problem_id"]]["extracted"] for p in progress]
         assert row["answers_changed_before_first_step"] == [sum(changed[:after]), after]
         assert row["answers_changed_after_first_step"] == [sum(changed[after:]), 3 - after]
-        steps = [s for p in progress for s in p["losses"] if s["role"] == "answer"][1:]
-        assert row["answer_reward_accuracy_unseen"]["n"] == sum(s["pairs"] for s in steps)
+        for role in ("answer", "stop"):
+            steps = [s for p in progress for s in p["losses"] if s["role"] == role][1:]
+            assert row[f"{role}_reward_accuracy_unseen"]["n"] == sum(s["pairs"] for s in steps)
+            assert row[f"{role}_reward_accuracy_unseen"]["correct"] == round(sum(s["reward_accuracy"] * s["pairs"]
+                                                                                 for s in steps))
+        stop = [q for q in read_jsonl(runs[name] / "pairs.jsonl") if q["role"] == "stop"]
+        assert row["stop_pairs_yes_chosen"] == [sum(q["chosen_text"] == "Yes" for q in stop), len(stop)]
+        answer_pairs = sum(p["n_answer_pairs"] for p in progress)
+        other = row["rollouts_other_outcome"]
+        assert other[1] == sum(p["n_rollouts"] for p in progress) and answer_pairs <= other[0] <= other[1]
+        cpu = sum(p["cpu_seconds"] for p in progress)
+        assert cpu > 0 and row["cpu_seconds_per_example"] == round(cpu / 3, 1)
+        assert row["pairs_per_cpu_hour"]["stop"] == round(len(stop) / (cpu / 3600), 1)
     md = (out / "sweep.md").read_text()
     assert "| lr " in md.replace("chunk_size", "") and "| chunk_size |" in md and "no matching baseline" in md
     assert "sweep.md" in capsys.readouterr().out

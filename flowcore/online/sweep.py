@@ -18,11 +18,15 @@ the runs' files; nothing is trained or generated here. Per run:
   numerics of another batch composition (the online rounds decode other rows
   together than the baseline does; in bf16 that changes some greedy tokens):
   the floor that changes after the first step must be read against;
-- Answer and Stop pairs per example, DPO steps, and the Answer adapter's reward
-  accuracy on pairs it had not trained on: each step logs the share of its
-  batch with a positive implicit reward margin before it updates, so from the
-  second step on it is measured on new pairs by an adapter trained on earlier ones;
-- seconds per example.
+- Answer and Stop pairs per example, how many Stop pairs chose "Yes", how many
+  rollouts ended with another outcome than the original flow (rollout diversity),
+  DPO steps, and each adapter's reward accuracy on pairs it had not trained on:
+  each step logs the share of its batch with a positive implicit reward margin
+  before it updates, so from the second step on it is measured on new pairs by
+  an adapter trained on earlier ones;
+- seconds and CPU seconds per example, and pairs per CPU-hour (the evidence a
+  setting buys per unit of compute; CPU time, from 2026-11-30 on, is the
+  process's, all threads, so other load on the machine barely moves it).
 
 It writes ``sweep.json`` and ``sweep.md`` (the table) into ``--out``.
 """
@@ -86,8 +90,12 @@ def run_row(run: Path, runs: list[Path]) -> dict:
     n, after = len(progress), numbers["after"]
     online = [bool(p["correct"]) for p in progress]
     ids = [p["problem_id"] for p in progress]
-    answer_steps = [s for p in progress for s in p["losses"] if s["role"] == "answer"]
-    unseen = answer_steps[1:]  # step 1 starts from zero LoRA weights: margin 0 on every pair
+    steps = {role: [s for p in progress for s in p["losses"] if s["role"] == role] for role in ("answer", "stop")}
+    answer_steps = steps["answer"]
+    stop_pairs = [q for q in read_jsonl(run / "pairs.jsonl") if q["role"] == "stop" and q["index"] in
+                  {p["index"] for p in progress}]
+    cpu = [p["cpu_seconds"] for p in progress if "cpu_seconds" in p]  # from 2026-11-30 on
+    cpu_hours = sum(cpu) / 3600 if len(cpu) == n else None
     baseline, untrained = find_baseline(run, config, ids, runs)
     row = {
         "run": str(run), "settings": flat(config["settings"]), "dtype": config.get("runtime", {}).get("dtype"),
@@ -95,10 +103,17 @@ def run_row(run: Path, runs: list[Path]) -> dict:
         "baseline": str(baseline) if baseline else None,
         "pairs_per_example": {role: round(numbers["pairs"][role] / n, 3) for role in ("answer", "stop")},
         "dpo_steps": numbers["dpo_steps"],
-        "answer_reward_accuracy_unseen": stats.proportion(round(sum(s["reward_accuracy"] * s["pairs"] for s in unseen)),
-                                                          sum(s["pairs"] for s in unseen)),
+        "answer_reward_accuracy_unseen": unseen_reward_accuracy(steps["answer"]),
+        "stop_reward_accuracy_unseen": unseen_reward_accuracy(steps["stop"]),
+        "stop_pairs_yes_chosen": [sum(q["chosen_text"] == "Yes" for q in stop_pairs), len(stop_pairs)],
+        "rollouts_other_outcome": [sum(p["rollouts_correct"] if not p["correct"] else
+                                       p["n_rollouts"] - p["rollouts_correct"] for p in progress),
+                                   sum(p["n_rollouts"] for p in progress)],
         "last_answer_loss": answer_steps[-1]["loss"] if answer_steps else None,
         "seconds_per_example": numbers["seconds_per_example"],
+        "cpu_seconds_per_example": round(sum(cpu) / n, 1) if cpu_hours is not None else None,
+        "pairs_per_cpu_hour": ({role: round(numbers["pairs"][role] / cpu_hours, 1) for role in ("answer", "stop")}
+                               if cpu_hours else None),
         "first_step_after_example": numbers["first_step_after_example"],
     }
     if baseline:
@@ -113,6 +128,14 @@ def run_row(run: Path, runs: list[Path]) -> dict:
                     "answers_changed_before_first_step": [changed[0], after],
                     "answers_changed_after_first_step": [changed[1], n - after]})
     return row
+
+
+def unseen_reward_accuracy(steps: list[dict]) -> dict:
+    """Share of pairs with a positive implicit reward margin, measured by each step before it updates, from the
+    adapter's second step on (the first starts from zero LoRA weights: margin 0 on every pair): pairs the adapter
+    had not trained on, scored by an adapter trained on earlier ones."""
+    unseen = steps[1:]
+    return stats.proportion(round(sum(s["reward_accuracy"] * s["pairs"] for s in unseen)), sum(s["pairs"] for s in unseen))
 
 
 def varying(rows: list[dict]) -> list[str]:
@@ -138,8 +161,9 @@ def table(rows: list[dict]) -> str:
     head = ["run", *[k.split(".")[-1] for k in keys], "dtype", "trained flow (progressive)", "untrained flow",
             "trained - untrained, points (95% CI; discordant; p)",
             "answers changed vs untrained: before 1st step (zero adapters) / after",
-            "Answer / Stop pairs per example", "DPO steps (Answer, Stop)", "Answer reward acc. on unseen pairs",
-            "last Answer loss", "s/example"]
+            "Answer / Stop pairs per example", "Stop pairs with Yes chosen", "rollouts with another outcome",
+            "DPO steps (Answer, Stop)", "Answer reward acc. on unseen pairs", "Stop reward acc. on unseen pairs",
+            "last Answer loss", "s/example", "CPU s/example", "Answer / Stop pairs per CPU-hour"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         d = r.get("trained_minus_untrained", {}).get("all")
@@ -147,13 +171,17 @@ def table(rows: list[dict]) -> str:
                 f"{d['only_a']} vs {d['only_b']}; p={d['p_value']:.2g})") if d else "no matching baseline"
         changed = ("{}/{} / {}/{}".format(*r["answers_changed_before_first_step"], *r["answers_changed_after_first_step"])
                    if d else "-")
-        ra = r["answer_reward_accuracy_unseen"]
+        ra, rs = r["answer_reward_accuracy_unseen"], r.get("stop_reward_accuracy_unseen", {"n": 0})
+        cph = r.get("pairs_per_cpu_hour")
         cells = [Path(r["run"]).name, *[setting(r["settings"].get(k)) for k in keys],
                  str(r["dtype"] or "not recorded").removeprefix("torch."), pct(r["trained"]), pct(r["untrained"]) if d else "-", diff,
                  changed, f"{r['pairs_per_example']['answer']} / {r['pairs_per_example']['stop']}",
+                 "{}/{}".format(*r["stop_pairs_yes_chosen"]), "{}/{}".format(*r["rollouts_other_outcome"]),
                  f"{r['dpo_steps']['answer']}, {r['dpo_steps']['stop']}", pct(ra) if ra["n"] else "-",
+                 pct(rs) if rs["n"] else "-",
                  f"{r['last_answer_loss']:.3f}" if r["last_answer_loss"] is not None else "-",
-                 str(r["seconds_per_example"])]
+                 str(r["seconds_per_example"]), str(r.get("cpu_seconds_per_example") or "-"),
+                 f"{cph['answer']} / {cph['stop']}" if cph else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
