@@ -83,3 +83,34 @@ def results_tables(results_root: Path) -> list[tuple[Path, object]]:
         except (OSError, ValueError) as e:
             tables.append((path, e))
     return tables
+
+
+PAIR_FIELDS = ("index", "example_id", "role", "node", "chosen_text", "rejected_text", "reason")
+
+
+def run_pairs(runs_dir: Path, run: str | None) -> tuple[list[dict], list[dict], str]:
+    """(pairs, progress lines, notice) of a run: its ``pairs.jsonl`` rows in file order and its
+    ``progress.jsonl`` lines; unreadable lines are left out and counted in the notice."""
+    if not run:
+        return [], [], f"No online-DPO runs under `{runs_dir}/`."
+    run_dir = runs_dir / run
+    path = run_dir / "pairs.jsonl"
+    if not path.is_file():
+        return [], [], f"`{path}` does not exist: the run has not written pairs yet."
+    pairs, bad = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or any(k not in row for k in PAIR_FIELDS):
+                raise ValueError("not a pair")
+            pairs.append(row)
+        except ValueError:
+            bad += 1
+    progress = []
+    if (run_dir / "progress.jsonl").is_file():
+        for line in (run_dir / "progress.jsonl").read_text().splitlines():
+            try:
+                progress.append(json.loads(line))
+            except ValueError:
+                bad += 1
+    return pairs, progress, (f"{bad} unreadable line(s) in `{run_dir}` left out." if bad else "")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import gradio as gr
 
 from . import render
-from .problem_picker import Picker
-from .services import DemoService
+from .problem_picker import Picker, user_error
+from .services import PAIR_ROLES, DemoService, InputError
 
 
 def build(service: DemoService) -> None:
@@ -40,6 +40,30 @@ def build(service: DemoService) -> None:
                 status = render.flow_status(view)
                 yield (render.notice(notice) + "  \n" + status if notice else status,
                        render.flow_chunks(view), render.rollouts_html(view))
+
+        with gr.Accordion("Real DPO pairs from a training run", open=False):
+            gr.Markdown("The pairs online training made, read from the run's `pairs.jsonl`: the problem, the flow "
+                        "they were explored from (its progressive-validation answer) and the chosen and rejected "
+                        "sides. Compare them with the pairs of the live flow above.")
+            runs = service.runs()
+            with gr.Row():
+                pair_run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Run", scale=2,
+                                       info=f"folders under {service.cfg.runs_dir}/")
+                pair_role = gr.Radio(list(PAIR_ROLES), value="both", label="Pairs for")
+                pair_number = gr.Number(1, precision=0, minimum=1, label="Pair number")
+            show_pair = gr.Button("Show the pair")
+            pair_html = gr.HTML(label="Pair", elem_id="run-pair")
+
+        def run_pair(name, role, number):
+            try:
+                return render.run_pair_html(service.run_pair(name, role, number))
+            except InputError as e:
+                raise gr.Error(user_error(service, "flow: run pair", e), print_exception=False) from None
+
+        show_pair.click(run_pair, [pair_run, pair_role, pair_number], pair_html, api_name="run_pair",
+                        concurrency_limit=4)
+        pair_role.change(lambda name, role: run_pair(name, role, 1), [pair_run, pair_role], pair_html,
+                         api_visibility="private").then(lambda: 1, None, pair_number, api_visibility="private")
 
         run.click(run_flow, [*picker.inputs, chunk_size, max_steps, rollouts, temperature], [status_md, chunks, pairs],
                   validator=picker.check, api_name="flow", concurrency_id="model")

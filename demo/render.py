@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flowcore.eval.evaluate import PAPER_TABLE1, comparisons_table, markdown_table
 
-from .services import REPRODUCE_CMD, Answer, FlowView
+from .services import REPRODUCE_CMD, Answer, FlowView, PairView
 
 END_REASONS = {
     "eos": "the Answer LLM ended its answer (end-of-turn token)",
@@ -108,6 +108,38 @@ def _clip(text: str, n: int = 600) -> str:
     return html.escape(text if len(text) <= n else "…" + text[-n:])
 
 
+def _pair_block(p: dict) -> str:
+    """One DPO pair (a ``Pair``'s fields, or a ``pairs.jsonl`` row): why it exists, chosen beside rejected."""
+    who = "Answer LLM" if p["role"] == "answer" else "Stop LLM"
+    return (f'<div class="fc-pair"><div class="fc-label">DPO pair for the {who}: {html.escape(p["reason"])}</div>'
+            f'<div class="fc-pair-grid"><div><b>chosen</b> ({_outcome(p.get("chosen_correct", True))})'
+            f'<div class="fc-text">{_clip(p["chosen_text"])}</div></div>'
+            f'<div><b>rejected</b> ({_outcome(p.get("rejected_correct", False))})'
+            f'<div class="fc-text">{_clip(p["rejected_text"])}</div></div></div></div>')
+
+
+def run_pair_html(view: PairView) -> str:
+    """A pair of a training run's ``pairs.jsonl``: the problem, the flow it was explored from, the pair."""
+    if view.pair is None:
+        return f'<div class="fc-muted">{html.escape(view.message or "No pair to show.")}</div>'
+    p, o = view.pair, view.original or {}
+    kind = "Answer LLM" if p["role"] == "answer" else "Stop LLM"
+    parts = [f'<div class="fc-summary"><b>{kind} pair {view.number} of {view.total}</b> in run '
+             f'<code>{html.escape(view.run)}</code>: training example {p["index"] + 1} '
+             f'(<code>{html.escape(p["example_id"])}</code>), node {p["node"] + 1}.</div>']
+    if view.message:
+        parts.append(f'<div class="fc-muted">{html.escape(view.message)}</div>')
+    if view.question:
+        parts.append(f'<div class="fc-label">problem</div><div class="fc-text">{html.escape(view.question)}</div>')
+    if o.get("completion") is not None:
+        answer = "no final answer" if o.get("extracted") is None else f"answer {html.escape(str(o['extracted']))}"
+        parts.append(f'<div class="fc-label">the flow it was explored from ({o.get("n_chunks")} chunk(s), ended by '
+                     f'{html.escape(str(o.get("end_reason")))}, {answer}, gold {html.escape(str(o.get("gold")))}, '
+                     f'{_outcome(bool(o.get("correct")))})</div><div class="fc-text">{_clip(o["completion"], 1200)}</div>')
+    parts.append(_pair_block(p))
+    return "".join(parts)
+
+
 def rollouts_html(view: FlowView) -> str:
     if view.exploration is None:
         if view.phase == "rollouts":
@@ -141,14 +173,7 @@ def rollouts_html(view: FlowView) -> str:
                 f'<div class="fc-rollout"><div class="fc-label">rollout {j}: ended by '
                 f'{html.escape(str(r.end_reason))}, {answer}, {_outcome(r.correct, graded)}</div>'
                 f'<div class="fc-text">{_clip(r.chunk_text)}</div></div>')
-        for p in node_pairs:
-            who = "Answer LLM" if p.role == "answer" else "Stop LLM"
-            parts.append(
-                f'<div class="fc-pair"><div class="fc-label">DPO pair for the {who}: {html.escape(p.reason)}</div>'
-                f'<div class="fc-pair-grid"><div><b>chosen</b> ({_outcome(p.chosen_correct)})'
-                f'<div class="fc-text">{_clip(p.chosen_text)}</div></div>'
-                f'<div><b>rejected</b> ({_outcome(p.rejected_correct)})'
-                f'<div class="fc-text">{_clip(p.rejected_text)}</div></div></div></div>')
+        parts.extend(_pair_block(vars(p)) for p in node_pairs)
         parts.append("</div>")
     return "".join(parts)
 

@@ -105,6 +105,22 @@ def console_log(msg: str) -> None:
     print(f"[flowcore app] {msg}", file=sys.stderr, flush=True)
 
 
+PAIR_ROLES = {"both": None, "Answer LLM": "answer", "Stop LLM": "stop"}
+
+
+@dataclass
+class PairView:
+    """One DPO pair of a training run's ``pairs.jsonl``, with the example it came from."""
+
+    run: str
+    number: int  # 1-based, among the pairs of the chosen role
+    total: int
+    pair: dict | None = None
+    question: str = ""  # "" where the problem cannot be looked up
+    original: dict | None = None  # the example's progress line: the flow the pair was explored from
+    message: str = ""
+
+
 # ---------------------------------------------------------------- the service
 
 class DemoService:
@@ -120,6 +136,7 @@ class DemoService:
         self.log = log or console_log
         self.lock = threading.Lock()
         self._problems: dict[str, list[Problem]] = {}
+        self._by_id: dict[tuple[str, str], dict[str, Problem]] = {}  # (dataset, split) -> problems by id
         self.flow_adapters = self._find_flow()
         self.sft_adapters, self.sft_missing, sft_dirs = self._find_sft()
         dirs = {**engines.role_dirs(self.flow_adapters), **sft_dirs}
@@ -316,6 +333,37 @@ class DemoService:
     def progressive(self, run: str | None) -> Figure:
         """The progressive-accuracy chart of a run, or why there is none."""
         return files.progressive(Path(self.cfg.runs_dir), run, self.train_command)
+
+    def run_pair(self, run: str | None, role: str, number) -> PairView:
+        """Pair ``number`` (1-based) of ``role`` (a ``PAIR_ROLES`` key) in ``run``'s ``pairs.jsonl``."""
+        if role not in PAIR_ROLES:
+            raise InputError(f"unknown role {role!r}; choose one of {', '.join(PAIR_ROLES)}")
+        pairs, progress, message = files.run_pairs(Path(self.cfg.runs_dir), run)
+        pairs = [p for p in pairs if PAIR_ROLES[role] in (None, p["role"])]
+        view = PairView(run or "", 0, len(pairs), message=message)
+        if not pairs:
+            view.message = message or f"The run has no {'' if role == 'both' else role + ' '}pairs yet."
+            return view
+        try:
+            number = int(number)
+        except (TypeError, ValueError):
+            raise InputError(f"the pair number must be a whole number from 1 to {len(pairs)}") from None
+        if not 1 <= number <= len(pairs):
+            raise InputError(f"there is no pair number {number}: this run has {len(pairs)} (1 to {len(pairs)})")
+        view.number, view.pair = number, pairs[number - 1]
+        view.original = next((r for r in progress if r.get("index") == view.pair["index"]), None)
+        view.question = self.question_of(view.pair["example_id"])
+        return view
+
+    def question_of(self, problem_id: str) -> str:
+        """The question of a dataset problem id (``gsm8k/train/12``); "" for ids of other files."""
+        parts = problem_id.split("/")
+        if len(parts) != 3 or parts[1] not in data.SPLITS.get(parts[0], ()):
+            return ""
+        if (parts[0], parts[1]) not in self._by_id:
+            self._by_id[parts[0], parts[1]] = {q.id: q for q in data.load(parts[0], parts[1])}
+        found = self._by_id[parts[0], parts[1]].get(problem_id)
+        return found.question if found else ""
 
     def results_tables(self) -> list[tuple[Path, object]]:
         """(path, parsed table.json) for every ``<results_root>/*/table.json``, sorted by path."""

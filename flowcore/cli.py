@@ -34,6 +34,8 @@ COMMANDS = {
                   "untrained flow and zero-shot on a training run's examples (same order, same settings)"),
     "plot": ("flowcore.online.plots", "main",
              "a run's progressive-accuracy chart and summary.json (paired intervals, diagnostics)"),
+    "heldout": ("flowcore.online.heldout", "main",
+                "a run's trained flow vs the untrained flow and zero-shot on test sets: per-problem files, paired tests"),
     "calibration": ("flowcore.online.calibration", "main",
                     "the Stop LLM's P(Yes) against the grade of the partial answer: reliability table, Brier, AUROC"),
     "sweep": ("flowcore.online.sweep", "main", "compare the runs of a tuning sweep on one training stream"),

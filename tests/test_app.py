@@ -14,7 +14,8 @@ from demo.services import DemoConfig, DemoService
 from flowcore import adapters, data
 from flowcore.flow.engine import FlowConfig, FlowEngine, FlowState
 
-ENDPOINTS = {"/compare_load_problem", "/compare", "/flow_load_problem", "/flow", "/progressive", "/reload_files"}
+ENDPOINTS = {"/compare_load_problem", "/compare", "/flow_load_problem", "/flow", "/run_pair", "/progressive",
+             "/reload_files"}
 REPRODUCE = "python -m flowcore reproduce --preset cpu"
 
 
@@ -210,6 +211,40 @@ def test_reload_files_keeps_the_selected_run(served):
         (root / "runs" / "zz-new-run").rmdir()
 
 
+def test_flow_tab_shows_real_pairs_of_a_run(served):
+    """The Flow tab reads a run's pairs.jsonl: problem, the flow the pair came from, chosen and rejected; a
+    malformed line is left out and said; a number out of range is a clear error."""
+    client, _, root = served
+    run = root / "runs" / "tiny-run"
+    answer = {"index": 1, "example_id": "gsm8k/train/1", "role": "answer", "node": 0, "chosen_text": "right chunk",
+              "rejected_text": "wrong chunk", "chosen_correct": True, "rejected_correct": False,
+              "reason": "rollout at node 0 reached 5 (correct), original reached 4 (wrong)"}
+    stop = {**answer, "index": 2, "example_id": "gsm8k/train/2", "role": "stop", "node": 1, "chosen_text": "Yes",
+            "rejected_text": "No", "reason": "stopping at node 1 gave 7 (correct), continuing would give 8 (wrong)"}
+    (run / "pairs.jsonl").write_text(json.dumps(answer) + "\n{not json\n" + json.dumps(stop) + "\n")
+    progress = run / "progress.jsonl"
+    kept = progress.read_text()
+    lines = [json.loads(x) for x in kept.splitlines()]
+    lines[2].update(index=2, completion="So the answer is 7.", extracted="7", gold="7", n_chunks=2, end_reason="stop")
+    progress.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    try:
+        out = client.predict("tiny-run", "Stop LLM", 1, api_name="/run_pair")
+        assert "Stop LLM pair 1 of 1" in out and "training example 3" in out and "node 2" in out
+        assert data.load("gsm8k", "train")[2].question[:40] in out  # the problem, looked up by its id
+        assert "So the answer is 7." in out and "ended by stop" in out
+        chosen, rejected = out.split("<b>chosen</b>")[1].split("<b>rejected</b>")
+        assert "Yes" in chosen and "No" in rejected and "continuing would give 8" in out
+        assert "1 unreadable line(s)" in out
+        out = client.predict("tiny-run", "both", 1, api_name="/run_pair")
+        assert "Answer LLM pair 1 of 2" in out and "right chunk" in out.split("<b>rejected</b>")[0]
+        with pytest.raises(Exception, match="there is no pair number 3: this run has 2"):
+            client.predict("tiny-run", "both", 3, api_name="/run_pair")
+        assert "has not written pairs yet" in client.predict("empty-run", "both", 1, api_name="/run_pair")
+    finally:
+        (run / "pairs.jsonl").unlink()
+        progress.write_text(kept)
+
+
 def test_concurrent_users_are_queued(served):
     client, _, _ = served
     jobs = [client.submit("GSM8K test", 0, f"What is {i} + {i}?", str(2 * i), 16, api_name="/compare")
@@ -228,7 +263,8 @@ def test_training_tab_messages_and_tables(served):
     assert message == ""
     plot = json.loads(fig["plot"])
     names = [t["name"] for t in plot["data"]]
-    assert [n.split(":")[0] for n in names] == ["Flow-DPO (online)", "untrained flow", "zero-shot"]
+    assert [n.split(":")[0] for n in names] == ["Flow-DPO (online)", "untrained flow", "zero-shot"] * 2
+    assert all(n.endswith("95% interval") for n in names[3:])
     assert plot["data"][0]["y"] == [0.0, 50.0, pytest.approx(200 / 3), 75.0]
     fig, message = client.predict(None, api_name="/progressive")
     assert fig is None and "No online-DPO runs" in message and "python -m flowcore train" in message

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import tinyflow
-from flowcore import data, grading
-from flowcore.online import baselines, checkpoint, plots, sweep, train
+from flowcore import data, grading, stats
+from flowcore.online import baselines, checkpoint, heldout, plots, sweep, train
 from flowcore.results import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,11 +137,13 @@ def test_baselines_and_chart(setup, one_thread, monkeypatch, capsys):
     assert "started in torch.float32" in capsys.readouterr().err
     monkeypatch.setenv("FLOWCORE_DTYPE", "float32")
     fig = plots.progressive_figure(run)
-    assert len(fig.data) == 3
+    assert len(fig.data) == 6  # three curves, then their 95% bands
     online = [p["correct"] for p in read_jsonl(run / "progress.jsonl")]
     assert list(fig.data[0].y) == pytest.approx([100 * sum(online[:n]) / n for n in range(1, 4)])
     flow = {t["problem_id"]: t["correct"] for t in read_jsonl(run / "baseline_flow.jsonl")}
     assert list(fig.data[1].y) == pytest.approx([100 * sum(flow[i] for i in ids[:n]) / n for n in range(1, 4)])
+    lo, hi = zip(*[stats.wilson(sum(online[:n]), n) for n in range(1, 4)])
+    assert list(fig.data[3].y) == pytest.approx([100 * h for h in hi] + [100 * x for x in lo[::-1]])
     assert plots.main(["--run", str(run), "--no-png"]) == 0
     assert (run / "chart.html").stat().st_size > 1000
     summary = json.loads((run / "summary.json").read_text())
@@ -331,3 +333,43 @@ def test_committed_runs_keep_the_order_they_were_drawn_in(config_path, tmp_path)
     with pytest.raises(checkpoint.CheckpointError, match="example_ids"):
         checkpoint.check_resume(run, config, config["settings"], config["example_ids"][::-1],
                                 {"dtype": "torch.float32", "device": "cpu"}, order)
+
+
+def test_heldout_compares_the_trained_flow_with_both_baselines(setup, one_thread, capsys):
+    """`heldout`: three models on a test set, per-problem files, paired tests that match the files; resumable."""
+    from safetensors.torch import load_file, save_file
+
+    model, problems, tmp = setup
+    run, out = tmp / "heldout-run", tmp / "heldout"
+    assert train.main(["--model", model, "--data-file", problems, *SETTINGS[:3], "2", *SETTINGS[4:],
+                       "--out", str(run)]) == 0
+    # make the Answer adapter strong, so the trained flow must write something else if (and only if) it is used
+    weights = run / "adapters" / "answer" / "adapter_model.safetensors"
+    save_file({k: v * 0 + 0.5 if "lora_B" in k else v for k, v in load_file(weights).items()}, weights)
+    args = ["--run", str(run), "--out", str(out), "--sets", "gsm8k:test", "--limit", "3"]
+    assert heldout.main(args) == 0
+    files = {m: read_jsonl(out / m / "gsm8k-test-first3.jsonl") for m in heldout.MODELS}
+    assert all(len(recs) == 3 for recs in files.values())
+    assert [r["completion"] for r in files["trained_flow"]] != [r["completion"] for r in files["untrained_flow"]]
+    meta = json.loads((out / "trained_flow" / "gsm8k-test-first3.meta.json").read_text())
+    assert meta["settings"]["flow"]["answer_role"] == "answer" and meta["runtime"]["dtype"] == "torch.float32"
+    zero = json.loads((out / "zero_shot" / "gsm8k-test-first3.meta.json").read_text())["settings"]["flow"]
+    assert zero["use_stop"] is False and zero["answer_role"] is None
+    tab = json.loads((out / "table.json").read_text())
+    trained = [r["correct"] for r in files["trained_flow"]]
+    for c, b in zip(tab["comparisons"], heldout.BASELINES):
+        other = [r["correct"] for r in files[b]]
+        assert c["a_only_correct"] == sum(a and not o for a, o in zip(trained, other))
+        assert c["b_only_correct"] == sum(o and not a for a, o in zip(trained, other))
+        assert c["difference"] == pytest.approx((c["a_only_correct"] - c["b_only_correct"]) / 3)
+    assert [r["model"] for r in tab["rows"]] == list(heldout.MODELS.values())
+    assert "trained flow vs untrained flow" in (out / "table.md").read_text()
+    before = {m: (out / m / "gsm8k-test-first3.jsonl").read_text() for m in heldout.MODELS}
+    assert heldout.main(args) == 0  # a rerun resumes: nothing to do, nothing rewritten
+    assert before == {m: (out / m / "gsm8k-test-first3.jsonl").read_text() for m in heldout.MODELS}
+    capsys.readouterr()
+    empty = tmp / "no-adapters"
+    empty.mkdir()
+    (empty / "config.json").write_text((run / "config.json").read_text())
+    assert heldout.main(["--run", str(empty), "--out", str(tmp / "x")]) == 1
+    assert "has no answer/ and stop/ adapters yet" in capsys.readouterr().err

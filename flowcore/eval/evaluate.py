@@ -131,7 +131,10 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def comparisons_table(comparisons: list[dict]) -> str:
+    """Paired tests as rows; a comparison with a paired ``difference`` and its ``ci95`` shows them too."""
     return markdown_table([{"data": c["data"], "comparison": f"{c['a']} vs {c['b']}",
+                            **({"A - B, points [95% CI]": f"{100 * c['difference']:+.1f} [{100 * c['ci95'][0]:+.1f}, "
+                                                          f"{100 * c['ci95'][1]:+.1f}]"} if "difference" in c else {}),
                             "only A right": c["a_only_correct"], "only B right": c["b_only_correct"],
                             "p": f"{c['p_value']:.3g}"} for c in comparisons])
 

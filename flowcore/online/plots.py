@@ -42,6 +42,17 @@ def progressive_curve(correct_in_order: list[bool]) -> list[float]:
     return out
 
 
+def cumulative_interval(correct_in_order: list[bool]) -> tuple[list[float], list[float]]:
+    """The 95% Wilson interval (%) of the cumulative accuracy after 1, 2, ... examples: (lower, upper)."""
+    lo, hi, k = [], [], 0
+    for n, c in enumerate(correct_in_order, 1):
+        k += bool(c)
+        a, b = stats.wilson(k, n)
+        lo.append(100.0 * a)
+        hi.append(100.0 * b)
+    return lo, hi
+
+
 def run_records(run: Path) -> dict[str, list[dict]]:
     """Each curve's records (a baseline not started yet: none); a missing ``progress.jsonl`` is a
     FileNotFoundError that names the command to run."""
@@ -157,7 +168,8 @@ def describe(summary: dict) -> str:
 
 
 def progressive_figure(run_dir: str | Path):
-    """plotly Figure: cumulative progressive accuracy vs examples seen, three curves."""
+    """plotly Figure: cumulative progressive accuracy vs examples seen, three curves (``fig.data[:3]``), each
+    with its pointwise 95% Wilson band (the traces after them)."""
     import plotly.graph_objects as go
 
     run = Path(run_dir)
@@ -165,11 +177,19 @@ def progressive_figure(run_dir: str | Path):
     curves = curves_in_order(run_records(run), config["example_ids"])
     model, planned, done = config["settings"]["model"], len(config["example_ids"]), len(curves[CURVES[0][0]])
     fig = go.Figure()
-    for (name, seq), dash in zip(curves.items(), ("solid", "dash", "dot")):
+    colors = ("#1f77b4", "#ff7f0e", "#2ca02c")
+    for (name, seq), dash, color in zip(curves.items(), ("solid", "dash", "dot"), colors):
         acc = stats.accuracy(seq)
         label = f"{name}: {stats.fmt(acc)}" if seq else f"{name}: not reached yet"
         fig.add_trace(go.Scatter(x=list(range(1, len(seq) + 1)), y=progressive_curve(seq), mode="lines",
-                                 name=label, line={"dash": dash, "width": 2}))
+                                 name=label, line={"dash": dash, "width": 2, "color": color}))
+    for (name, seq), color in zip(curves.items(), colors):  # after the curves: fig.data[:3] are the curves
+        if seq:
+            lo, hi = cumulative_interval(seq)
+            x = list(range(1, len(seq) + 1))
+            fig.add_trace(go.Scatter(x=x + x[::-1], y=hi + lo[::-1], fill="toself", mode="lines",
+                                     line={"width": 0}, fillcolor=color, opacity=0.15, hoverinfo="skip",
+                                     name=f"{name}: 95% interval", showlegend=False))
     title = f"Progressive validation accuracy — {run.name} ({model})"
     if done < planned:
         title += f"<br><sub>{examples_done(done, planned)}</sub>"
