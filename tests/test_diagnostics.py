@@ -44,6 +44,10 @@ def test_diagnostics_count_only_examples_after_the_first_step():
     pairs = [{"role": "answer", "chosen_text": "t", "reason": "rollout ..."}]
     d = diagnostics.diagnostics(progress, pairs, flow, zero, after=1)
     assert d["end_reasons"] == {"trained flow": {"eos": 1, "max_steps": 1}, "untrained flow": {"eos": 1, "stop": 1}}
+    assert d["stopped_correct"] == {"trained flow": 0, "untrained flow": 0}  # b: stopped, wrong
+    later = diagnostics.diagnostics([rec("a", True, "stop"), rec("b", True, "stop")], pairs, flow, zero, after=0)
+    assert later["stopped_correct"] == {"trained flow": 2, "untrained flow": 0}
+    assert "ended by the Stop LLM: trained 2 (2 right), untrained 2 (0 right) of 2" in diagnostics.describe(later)[1]
     assert (d["trained_vs_untrained"]["wins"], d["trained_vs_untrained"]["wins_where_untrained_stopped"]) == (1, 1)
     assert d["untrained_flow_vs_zero_shot"]["strict_prefix"] == 2  # all of the baseline files, not only `after`
     assert d["stop_pairs"] == {"chosen_yes": 0, "chosen_no": 0, "chosen_no_as_stopping_gave_no_answer": 0}

@@ -8,7 +8,8 @@ puts them in ``summary.json`` under ``diagnostics``:
   stopping there gave (or would give) no answer at all.
 - ``end_reasons``: how the flows ended (``eos``: the Answer LLM ended its turn;
   ``stop``: the Stop LLM said Yes; ``max_steps``), trained vs untrained, on the
-  examples predicted after the first DPO step.
+  examples predicted after the first DPO step; ``stopped_correct``: how many of
+  the flows the Stop LLM ended were right (whether it says Yes where it should).
 - ``trained_vs_untrained``: on those examples, where the trained flow is right and
   the untrained one wrong (wins) and the reverse (losses), and how many of each
   had the untrained flow stopped by its Stop LLM.
@@ -73,6 +74,8 @@ def diagnostics(progress: list[dict], pairs: list[dict], flow: list[dict], zero_
     later_untrained = [flow_by_id[p["problem_id"]] for p in later if p["problem_id"] in flow_by_id]
     return {"after_example": after, "stop_pairs": stop_pairs(pairs),
             "end_reasons": {"trained flow": end_reasons(later), "untrained flow": end_reasons(later_untrained)},
+            "stopped_correct": {name: sum(r["end_reason"] == STOPPED and bool(r["correct"]) for r in recs)
+                                for name, recs in (("trained flow", later), ("untrained flow", later_untrained))},
             "trained_vs_untrained": trained_vs_untrained(later, flow_by_id),
             "untrained_flow_vs_zero_shot": flow_vs_zero_shot(flow_by_id, {r["problem_id"]: r for r in zero_shot})}
 
@@ -82,9 +85,11 @@ def describe(d: dict) -> list[str]:
     lines = [f"  Stop pairs: chosen Yes {s['chosen_yes']}, chosen No {s['chosen_no']} "
              f"({s['chosen_no_as_stopping_gave_no_answer']} as stopping gave no answer)"]
     if tu["n"]:
+        right = d.get("stopped_correct", {})  # summaries written before it have no count of right stops
+        stopped = {name: f"{d['end_reasons'][name].get(STOPPED, 0)}"
+                         + (f" ({right[name]} right)" if name in right else "") for name in d["end_reasons"]}
         lines.append(f"  from example {d['after_example']} on: ended by the Stop LLM: trained "
-                     f"{d['end_reasons']['trained flow'].get(STOPPED, 0)}, untrained "
-                     f"{d['end_reasons']['untrained flow'].get(STOPPED, 0)} of {tu['n']}; trained vs untrained "
+                     f"{stopped['trained flow']}, untrained {stopped['untrained flow']} of {tu['n']}; trained vs untrained "
                      f"{tu['wins']} wins ({tu['wins_where_untrained_stopped']} where the untrained flow stopped), "
                      f"{tu['losses']} losses ({tu['losses_where_untrained_stopped']})")
     if fz["n"]:
