@@ -47,7 +47,7 @@ def naive_loop(net, tok, problems, flow, dpo):
     peft = adapters.attach(net, adapters.lora_config(dpo))
     peft.eval()
     trainer = OnlineDPO(peft, tok.pad_token_id, dpo)
-    engine = FlowEngine(peft, tok, flow, reuse_kv=False)  # plain: every generate call encodes its whole input
+    engine = FlowEngine(peft, tok, flow)  # every generate call encodes its whole input
     pending, n_pairs = {r: [] for r in ROLES}, 0
     for i, problem in enumerate(tqdm(problems, desc="naive loop", unit="example")):
         state = FlowState(problem)

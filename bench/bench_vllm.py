@@ -1,9 +1,10 @@
 """Benchmark: the flow on vLLM (``--engine vllm``) vs the transformers FlowEngine (a benchmark, not a test).
 
 The same N GSM8K test problems, the same flow settings (paper: chunk 160, max 6 steps, greedy), the
-same adapters, in one process (run it in a venv with vLLM: requirements-vllm.txt), one engine after
+same adapters, in one process (vLLM is in requirements.txt), one engine after
 the other:
-  (a) ``FlowEngine`` on transformers/peft: batched, KV reuse, compaction (today's default);
+  (a) ``FlowEngine`` on transformers/peft (the simple reference; the committed result was measured
+      while it still kept KV caches between chunks and compacted its calls, before 2026-11-30);
   (b) ``VLLMFlowEngine``: vLLM, both LoRA adapters resident, prefix caching.
 Prints generated tokens/s and seconds per problem for each, the ratio (b)/(a), how many flows end
 with the same completion, and writes everything with the machine's CPU flags, dtype and load

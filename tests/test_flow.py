@@ -1,12 +1,10 @@
 """The batched Answer/Stop flow on a tiny random model."""
-import collections
 from dataclasses import replace
 
 import pytest
 import torch
 
 from flowcore import adapters, prompts
-from flowcore.flow import hf_calls
 from flowcore.data import Problem
 from flowcore.flow.engine import FlowConfig, FlowEngine, FlowState, zero_shot_config
 
@@ -43,34 +41,6 @@ def test_decoded_row_tokens_count_the_rows_that_decode_after_their_end(tiny):
     assert batched.stats["generated_tokens"] <= batched.stats["decoded_row_tokens"] <= calls * 5 * cfg.chunk_size
 
 
-def test_compaction_gives_the_chunks_of_one_call_with_fewer_rows_decoded(tiny, monkeypatch):
-    model, tok = tiny
-    torch.manual_seed(0)
-    with torch.no_grad():  # larger random weights: varied greedy text instead of one repeated token
-        for prm in model.parameters():
-            prm.normal_(0, 0.5)
-    monkeypatch.setattr(hf_calls, "COMPACT_MIN_LEFT", 1)
-    cfg = FlowConfig(chunk_size=40, batch_size=8)
-    plain = FlowEngine(model, tok, cfg, reuse_kv=False)
-    first = plain.generate_chunks([FlowState(p) for p in problems(8)])
-    # a token that most but not all rows write, at different places, becomes an extra end token,
-    # so the rows of one call end at different times
-    counts = collections.Counter(t for c in first for t in set(c.token_ids))
-    extra = max((t for t, k in counts.items() if 4 <= k < 8), key=counts.get)
-    runs = {}
-    for reuse in (False, True):
-        engine = FlowEngine(model, tok, cfg, reuse_kv=reuse)
-        engine.eos_ids = sorted({*engine.eos_ids, extra})
-        chunks = [c.token_ids for c in engine.generate_chunks([FlowState(p) for p in problems(8)])]
-        runs[reuse] = chunks, engine.stats
-    (plain_chunks, plain_stats), (chunks, stats) = runs[False], runs[True]
-    assert chunks == plain_chunks
-    assert len({len(c) for c in chunks}) > 2
-    assert plain_stats["answer_calls"] == 1 and stats["answer_calls"] > 1  # compaction happened
-    assert stats["generated_tokens"] == plain_stats["generated_tokens"] < stats["decoded_row_tokens"]
-    assert stats["decoded_row_tokens"] < plain_stats["decoded_row_tokens"] == 8 * 40
-
-
 def test_stop_threshold_zero_stops_after_one_chunk(tiny):
     model, tok = tiny
     engine = FlowEngine(model, tok, FlowConfig(chunk_size=5, max_steps=4, stop_threshold=0.0))
@@ -84,50 +54,6 @@ def test_batched_flow_equals_one_at_a_time(tiny):
     batched = {t.problem_id: t for t in FlowEngine(model, tok, replace(cfg, batch_size=8)).solve(problems(5))}
     single = {t.problem_id: t for t in FlowEngine(model, tok, replace(cfg, batch_size=1)).solve(problems(5))}
     assert {k: v.completion for k, v in batched.items()} == {k: v.completion for k, v in single.items()}
-
-
-def test_kv_reuse_changes_nothing_but_speed(tiny):
-    """Keeping each flow's Answer cache between chunks (rows joining and leaving the batch, left-padded
-    caches of different lengths, branches cut from a cache) gives the same flows as re-encoding."""
-    from flowcore.online.rollouts import explore
-
-    model, tok = tiny
-    cfg = FlowConfig(chunk_size=4, max_steps=4, batch_size=3, stop_threshold=0.6)
-    runs, cached = {}, {}
-    for reuse in (True, False):
-        engine = FlowEngine(model, tok, cfg, reuse_kv=reuse)
-        traces = sorted(engine.solve(problems(7)), key=lambda t: t.problem_id)
-        torch.manual_seed(0)
-        found = explore(engine, problems(3), rollouts=2, temperature=1.0)
-        runs[reuse] = ([(t.completion, [c["p_yes"] for c in t.chunks]) for t in traces],
-                       [[r.completion for r in x.rollouts] for x in found], engine.stats["generated_tokens"])
-        cached[reuse] = engine.stats["stop_cached_tokens"] / engine.stats["stop_tokens"]
-    assert cached[False] == 0 and cached[True] > 0.3  # the Stop LLM really read most of its prompts from caches
-    (flows_a, rollouts_a, tokens_a), (flows_b, rollouts_b, tokens_b) = runs[True], runs[False]
-    assert [f for f, _ in flows_a] == [f for f, _ in flows_b]
-    for (_, pa), (_, pb) in zip(flows_a, flows_b):
-        assert pa == pytest.approx(pb, abs=1e-5)
-    assert rollouts_a == rollouts_b and tokens_a == tokens_b
-    assert sum(len(c) > 1 for _, c in flows_a) >= 2  # several flows really had more than one chunk
-
-
-def test_a_branch_asks_the_stop_llm_from_its_original_s_stop_cache(tiny):
-    model, tok = tiny
-    engine = FlowEngine(model, tok, FlowConfig(chunk_size=4, max_steps=4, stop_threshold=1.0))
-    state = FlowState(problems(1)[0])
-    for _ in range(3):
-        engine.step([state])
-    assert state.stop_cache.n == len(state.stop_cache.ids) and state.stop_cache.role == "stop"
-    branch = engine.branch(state, 1)
-    assert branch.stop_cache is state.stop_cache
-    before = engine.stats["stop_cached_tokens"]
-    torch.manual_seed(1)
-    engine.step([branch], temperature=1.0)  # a new second chunk, then the Stop LLM from the shared prefix
-    old, new = state.stop_cache.ids, branch.stop_cache.ids
-    shared = next(i for i, (a, b) in enumerate(zip(old, new)) if a != b)
-    assert engine.stats["stop_cached_tokens"] - before == shared > len(engine.prompt_ids(state.problem)) // 2
-    fresh = FlowEngine(model, tok, engine.cfg, reuse_kv=False)
-    assert branch.chunks[1].p_yes == pytest.approx(fresh.stop_probs([branch])[0], abs=1e-5)
 
 
 def test_chunked_zero_shot_equals_one_generate_call(tiny):
@@ -285,24 +211,17 @@ def test_stop_at_eos_asks_the_stop_llm_where_the_answer_llm_ended_its_turn(tiny)
     assert (yes.end_reason, len(yes.chunks)) == ("stop", 1) and yes.chunks[0]["p_yes"] is not None
     assert yes.completion == off.completion
 
-    flows = {}
-    for reuse in (True, False):
-        engine = FlowEngine(model, tok, replace(cfg, stop_at_eos=True), reuse_kv=reuse)
-        states = [FlowState(p) for p in problems(3)]
-        for _ in engine.run(states):
-            pass
-        flows[reuse] = [[(c.token_ids, c.p_yes) for c in s.chunks] for s in states]
-        for s in states:
-            assert s.end_reason == "max_steps" and len(s.chunks) == 4
-            assert all(c.eos and c.p_yes is not None for c in s.chunks)  # each chunk ended the turn, was asked
-            ends_turn = [bool(c.token_ids) and c.token_ids[-1] in engine.eos_ids for c in s.chunks]
-            assert ends_turn == [False, False, False, True]  # the token is dropped where the flow wrote on
-            assert all(c.token_ids and c.token_ids[0] not in engine.eos_ids for c in s.chunks[1:])
-        assert states[0].chunks[0].text == off.chunks[0]["text"]
-    for a, b in zip(flows[True], flows[False]):  # KV reuse with dropped tokens: the same flows as re-encoding
-        assert [ids for ids, _ in a] == [ids for ids, _ in b]
-        assert [p for _, p in a] == pytest.approx([p for _, p in b], abs=1e-5)
-
+    engine = FlowEngine(model, tok, replace(cfg, stop_at_eos=True))
+    states = [FlowState(p) for p in problems(3)]
+    for _ in engine.run(states):
+        pass
+    for s in states:
+        assert s.end_reason == "max_steps" and len(s.chunks) == 4
+        assert all(c.eos and c.p_yes is not None for c in s.chunks)  # each chunk ended the turn, was asked
+        ends_turn = [bool(c.token_ids) and c.token_ids[-1] in engine.eos_ids for c in s.chunks]
+        assert ends_turn == [False, False, False, True]  # the token is dropped where the flow wrote on
+        assert all(c.token_ids and c.token_ids[0] not in engine.eos_ids for c in s.chunks[1:])
+    assert states[0].chunks[0].text == off.chunks[0]["text"]
 
 
 def test_flow_flags_read_booleans_as_flags():

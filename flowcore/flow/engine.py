@@ -12,20 +12,9 @@ test set runs at batch throughput. The Answer LLM's input is the prompt's
 token ids plus the chunks' own token ids, so continuing a flow never
 re-tokenises text (a chunk boundary inside a word changes nothing).
 
-KV reuse: each flow keeps the Answer LLM's keys/values of its tokens between
-steps (``FlowState.cache``); a step left-pads the rows' caches into one batch
-cache, so earlier chunks are never encoded again, and ``branch`` starts a
-rollout from its original's cache cut to the shared prefix. The Stop LLM
-keeps its own cache (``FlowState.stop_cache``, made with the ``stop`` adapter):
-its prompt is re-tokenised text, so each pass reuses the longest common prefix
-of the token ids it cached last time (the question and the answer so far) and
-encodes only the rest (the new chunk and the question after it). The flows
-are the same as with ``reuse_kv=False`` (which re-encodes everything; tested).
-
-Compaction (with KV reuse): ``generate`` keeps decoding a row that has ended
-until its call ends, so a call stops early once at most ``COMPACT_BELOW`` of
-its rows are still decoding, and those rows finish the chunk in a smaller
-call from their caches (same tokens; tested).
+On transformers (``hf_calls.ModelCalls``, the simple reference) every call encodes its whole input;
+on vLLM (``vllm_engine``) paged attention and prefix caching reuse what rollouts and Stop prompts
+share. The flow's logic here is the same for both.
 
 A flow ends when the Stop LLM's P(Yes) > ``stop_threshold`` (paper: 0.5),
 when the Answer LLM emits end-of-turn (ours), or after ``max_steps`` chunks.
@@ -50,7 +39,7 @@ import torch
 from flowcore import grading
 from flowcore.data import Problem
 from flowcore.flow.hf_calls import ModelCalls
-from flowcore.flow.state import Chunk, FlowConfig, FlowState, KVPrefix, Trace, zero_shot_config  # noqa: F401 (the flow's API)
+from flowcore.flow.state import Chunk, FlowConfig, FlowState, Trace, zero_shot_config  # noqa: F401 (the flow's API)
 
 
 class FlowEngine(ModelCalls):
@@ -66,7 +55,6 @@ class FlowEngine(ModelCalls):
         chunks = self.generate_chunks(active, avoid=avoid, temperature=temperature)
         for s, c in zip(active, chunks):
             s.chunks.append(c)
-            s.cache, c.kv = c.kv, None
         self.judge(active)
         self.stats["seconds"] += time.perf_counter() - t0
 
@@ -92,8 +80,7 @@ class FlowEngine(ModelCalls):
                 self.write_on(s)
 
     def write_on(self, state: FlowState) -> None:
-        """Let the Answer LLM write on after the flow's last chunk: an end-of-turn token ending it is dropped
-        and the Answer cache cut to the tokens left (it covers all tokens but the last).
+        """Let the Answer LLM write on after the flow's last chunk: an end-of-turn token ending it is dropped.
 
         The chunk keeps ``eos``, so the model calls do not let the next chunk start with end-of-turn
         (``hf_calls._WriteOn``): greedy decoding would end the turn again at once.
@@ -101,9 +88,6 @@ class FlowEngine(ModelCalls):
         last = state.chunks[-1] if state.chunks else None
         if last is not None and last.token_ids and last.token_ids[-1] in self.eos_ids:
             last.token_ids = last.token_ids[:-1]
-        if state.cache is not None:
-            n = len(self.prompt_ids(state.problem)) + len(state.answer_ids()) - 1
-            state.cache = state.cache.truncate(n) if n <= state.cache.n else None
 
     def run(self, states: Iterable[FlowState]) -> Iterator[FlowState]:
         """Run flows to the end, keeping up to batch_size active; yield each as it finishes."""
@@ -125,12 +109,11 @@ class FlowEngine(ModelCalls):
             active = [s for s in active if not s.done]
 
     def branch(self, state: FlowState, n_chunks: int) -> FlowState:
-        """A new unfinished flow on the same problem from the first ``n_chunks`` chunks (sharing their cache).
+        """A new unfinished flow on the same problem from the first ``n_chunks`` chunks.
 
         It writes on after them, even where the Answer LLM had ended its turn (the "continue"
         counterfactual of a flow its Stop LLM ended there, with ``stop_at_eos``).
         """
-        # the Stop cache is shared as it is: its next use keeps only the prefix the branch's prompt shares
         b = replace(state, chunks=[replace(c) for c in state.chunks[:n_chunks]], end_reason=None)
         self.write_on(b)
         return b

@@ -1,10 +1,8 @@
-"""The flow's data: its settings (``FlowConfig``), a flow in progress (``FlowState`` of ``Chunk``s, with the
-Answer and Stop LLMs' key/value caches as ``KVPrefix``), and a finished, graded flow (``Trace``)."""
+"""The flow's data: its settings (``FlowConfig``), a flow in progress (``FlowState`` of ``Chunk``s), and a
+finished, graded flow (``Trace``)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-
-import torch
 
 from flowcore.data import Problem
 
@@ -47,33 +45,11 @@ def zero_shot_config(cfg: FlowConfig) -> FlowConfig:
 
 
 @dataclass
-class KVPrefix:
-    """Keys/values of a sequence's first ``n`` tokens, made as ``role``: a flow's Answer LLM prompt +
-    answer, or its Stop LLM prompt (then ``ids`` holds the tokens, as that prompt is re-tokenised text).
-
-    Valid only for the weights it was made with: a flow's cache lives as long as
-    the flow, and nothing updates the adapters while flows run.
-    """
-
-    n: int
-    role: str | None
-    layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (1, kv_heads, n, head_dim)
-    ids: list[int] | None = None
-
-    def truncate(self, n: int) -> "KVPrefix":
-        if n > self.n:
-            raise ValueError(f"cannot extend a {self.n}-token cache to {n} tokens by truncating")
-        return KVPrefix(n, self.role, [(k[:, :, :n], v[:, :, :n]) for k, v in self.layers],
-                        None if self.ids is None else self.ids[:n])
-
-
-@dataclass
 class Chunk:
     token_ids: list[int]
     text: str
     p_yes: float | None = None  # Stop LLM's P(Yes) after this chunk (None: not asked)
     eos: bool = False  # the Answer LLM ended its turn inside this chunk (kept when stop_at_eos drops the token)
-    kv: KVPrefix | None = field(default=None, repr=False, compare=False)  # handed to the state by step()
 
 
 @dataclass
@@ -83,8 +59,6 @@ class FlowState:
     problem: Problem
     chunks: list[Chunk] = field(default_factory=list)
     end_reason: str | None = None  # "stop" | "eos" | "max_steps"
-    cache: KVPrefix | None = field(default=None, repr=False, compare=False)  # Answer LLM KV of all but the last token
-    stop_cache: KVPrefix | None = field(default=None, repr=False, compare=False)  # Stop LLM KV of its last prompt
     answer_role: str | None = None  # this flow's Answer adapter instead of the config's (the app's Compare)
 
     @property

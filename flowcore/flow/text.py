@@ -25,7 +25,7 @@ class FlowText:
         # generated_tokens, {answer,stop}_calls, {answer,stop}_seconds, seconds,
         # decoded_row_tokens (rows x new positions of each generate call: a row that has ended still
         # decodes until its batch's longest chunk is done, so generated_tokens / this is the batch's use),
-        # stop_tokens (Stop prompt tokens asked about), stop_cached_tokens (of those, taken from a cache)
+        # stop_tokens (Stop prompt tokens asked about)
         self.stats = collections.Counter()
 
     def configured(self, config: FlowConfig) -> "FlowText":

@@ -92,7 +92,7 @@ class VLLMFlowEngine(FlowEngine):
         path = models.resolve(model)
         tok = AutoTokenizer.from_pretrained(path)
         models.prepare_tokenizer(tok)
-        self.model, self.reuse_kv = None, False  # no transformers model on this path
+        self.model = None  # no transformers model on this path
         self._init_flow(tok, config, _generation_eos(path))
         self.dtype = f"torch.{dtype}"  # what results files record (as a transformers model's .dtype)
         self.draws = 0
@@ -172,7 +172,7 @@ class VLLMFlowEngine(FlowEngine):
         self.draws += 1
         return (self.cfg.seed * 1_000_003 + self.draws) % 2**31
 
-    def _chunks(self, seqs: list[list[int]], states: list[FlowState], temperature: float) -> list[tuple[list[int], None]]:
+    def _chunks(self, seqs: list[list[int]], states: list[FlowState], temperature: float) -> list[list[int]]:
         """One ``LLM.generate`` call for all rows, each under its flow's Answer adapter; a seed per sampled row."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -192,7 +192,7 @@ class VLLMFlowEngine(FlowEngine):
         n = sum(map(len, new))
         self.stats["generated_tokens"] += n
         self.stats["decoded_row_tokens"] += n  # no padded rows: every decoded position is a row's own token
-        return [(ids, None) for ids in new]
+        return new
 
     def _generate(self, prompts: list, params: list, loras: list) -> list:
         """``LLM.generate`` with a LoRA request per row (None: the base model), outputs in row order.
