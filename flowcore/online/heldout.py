@@ -26,6 +26,7 @@ from pathlib import Path
 
 from flowcore.cli import HelpFormatter
 from flowcore import data, models, stats
+from flowcore.eval import evaluate
 from flowcore.eval.evaluate import EvalSet, comparisons_table, markdown_table, pct
 from flowcore.flow import engines
 from flowcore.flow.engine import FlowConfig, zero_shot_config
@@ -54,12 +55,11 @@ def eval_set(spec: str, limit: int | None) -> EvalSet:
     return EvalSet(dataset, split, limit)
 
 
-def cell(out: ResultsFile, problems: list[data.Problem]) -> dict:
-    by_id = {r["problem_id"]: r for r in out.records}
-    records = [by_id[p.id] for p in problems]
-    return {**stats.accuracy([r["correct"] for r in records]), "answered": sum(r["extracted"] is not None for r in records),
-            "mean_tokens": round(sum(r["n_tokens"] for r in records) / max(1, len(records)), 1),
-            "seconds_per_problem": round(out.meta.get("seconds", 0.0) / max(1, len(records)), 2)}
+def cell(records: list[dict], seconds: float) -> dict:
+    """``evaluate.cell`` (accuracy, interval, answered) plus the cost: mean tokens and seconds per problem."""
+    n = max(1, len(records))
+    return {**evaluate.cell(records), "mean_tokens": round(sum(r["n_tokens"] for r in records) / n, 1),
+            "seconds_per_problem": round(seconds / n, 2)}
 
 
 def table(outcomes: dict[str, dict[str, list[bool]]], cells: dict[str, dict[str, dict]]) -> dict:
@@ -137,8 +137,9 @@ def main(argv: list[str]) -> int:
                 return 1
             solve_into(engine.configured(cfg), problems, out, desc=f"{MODELS[m]} on {es.name}")
             by_id = {r["problem_id"]: r for r in out.records}
-            outcomes.setdefault(es.name, {})[m] = [bool(by_id[q.id]["correct"]) for q in problems]
-            cells.setdefault(es.name, {})[m] = cell(out, problems)
+            records = [by_id[q.id] for q in problems]
+            outcomes.setdefault(es.name, {})[m] = [bool(r["correct"]) for r in records]
+            cells.setdefault(es.name, {})[m] = cell(records, out.meta.get("seconds", 0.0))
             out.finish(cells[es.name][m])
             print(f"{MODELS[m]} on {es.name}: {stats.fmt(cells[es.name][m])}")
     if set(args.models) != set(MODELS):

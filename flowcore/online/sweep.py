@@ -92,8 +92,8 @@ def run_row(run: Path, runs: list[Path]) -> dict:
     ids = [p["problem_id"] for p in progress]
     steps = {role: [s for p in progress for s in p["losses"] if s["role"] == role] for role in ("answer", "stop")}
     answer_steps = steps["answer"]
-    stop_pairs = [q for q in read_jsonl(run / "pairs.jsonl") if q["role"] == "stop" and q["index"] in
-                  {p["index"] for p in progress}]
+    written = {p["index"] for p in progress}
+    stop_pairs = [q for q in read_jsonl(run / "pairs.jsonl") if q["role"] == "stop" and q["index"] in written]
     cpu = [p["cpu_seconds"] for p in progress if "cpu_seconds" in p]  # from 2026-11-30 on
     cpu_hours = sum(cpu) / 3600 if len(cpu) == n else None
     baseline, untrained = find_baseline(run, config, ids, runs)
