@@ -60,6 +60,11 @@ def build(service: DemoService) -> None:
             except InputError as e:
                 raise gr.Error(user_error(service, "flow: run pair", e), print_exception=False) from None
 
+        def list_runs(selected):  # runs may have been added or removed since the page loaded
+            names, value = service.run_choice(selected)
+            return gr.Dropdown(choices=names, value=value)
+
+        pair_run.focus(list_runs, pair_run, pair_run, api_name="pair_runs", concurrency_limit=4)
         show_pair.click(run_pair, [pair_run, pair_role, pair_number], pair_html, api_name="run_pair",
                         concurrency_limit=4)
         pair_role.change(lambda name, role: run_pair(name, role, 1), [pair_run, pair_role], pair_html,

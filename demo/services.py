@@ -330,6 +330,11 @@ class DemoService:
         """Run folders under runs_dir, the one whose adapters the Flow tab uses first (``files.list_runs``)."""
         return files.list_runs(Path(self.cfg.runs_dir), self.flow_adapters)
 
+    def run_choice(self, selected: str | None) -> tuple[list[str], str | None]:
+        """The runs now on disk and the one to show: ``selected`` if it is still there, else the first."""
+        names = self.runs()
+        return names, selected if selected in names else (names[0] if names else None)
+
     def progressive(self, run: str | None) -> Figure:
         """The progressive-accuracy chart of a run, or why there is none."""
         return files.progressive(Path(self.cfg.runs_dir), run, self.train_command)

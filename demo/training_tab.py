@@ -30,8 +30,7 @@ def build(service: DemoService) -> None:
             return render.app_figure(fig.figure), render.notice(fig.message)
 
         def reload_files(selected):
-            names = service.runs()  # runs may have been added or removed: keep the user's choice if it is still there
-            value = selected if selected in names else (names[0] if names else None)
+            names, value = service.run_choice(selected)  # runs may have been added or removed since the page loaded
             return (gr.Dropdown(choices=names, value=value),
                     render.results_tables(service.results_tables(), service.cfg.results_root))
 

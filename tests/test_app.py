@@ -15,7 +15,7 @@ from flowcore import adapters, data
 from flowcore.flow.engine import FlowConfig, FlowEngine, FlowState
 
 ENDPOINTS = {"/compare_load_problem", "/compare", "/flow_load_problem", "/flow", "/run_pair", "/progressive",
-             "/reload_files"}
+             "/reload_files", "/pair_runs"}
 REPRODUCE = "python -m flowcore reproduce --preset cpu"
 
 
@@ -201,12 +201,17 @@ def test_flow_without_gold_is_not_graded(served):
 
 
 def test_reload_files_keeps_the_selected_run(served):
-    """Reloading lists new runs but keeps the user's choice (issue 22, item 15)."""
+    """Reloading lists new runs but keeps the user's choice (issue 22, item 15); so does the Flow tab's run list
+    of real pairs, refreshed when the user opens it."""
     client, service, root = served
     (root / "runs" / "zz-new-run").mkdir()  # sorts first among runs without a start date
     try:
         run, _ = client.predict("empty-run", api_name="/reload_files")
         assert "zz-new-run" in {c[0] for c in run["choices"]} and run["value"] == "empty-run"
+        run = client.predict("empty-run", api_name="/pair_runs")
+        assert "zz-new-run" in {c[0] for c in run["choices"]} and run["value"] == "empty-run"
+        names, value = service.run_choice("deleted-run")  # a run gone from disk: the first one is shown
+        assert value == names[0] and "deleted-run" not in names
     finally:
         (root / "runs" / "zz-new-run").rmdir()
 
