@@ -38,13 +38,26 @@ def run_started(run_dir: Path) -> str:
         return ""
 
 
+def run_unfinished(run_dir: Path) -> bool:
+    """True if ``progress.jsonl`` holds fewer lines than the examples ``config.json`` lists (a long run whose
+    adapters are committed at the end of each session before it is done)."""
+    try:
+        planned = len(json.loads((run_dir / "config.json").read_text()).get("example_ids", []))
+        with open(run_dir / "progress.jsonl") as f:
+            return sum(1 for line in f if line.strip()) < planned
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def newest_flow_adapters(runs_dir: Path) -> Path | None:
-    """The ``<runs_dir>/*/adapters`` of the latest-started run holding both answer/ and stop/ adapters."""
+    """The ``<runs_dir>/*/adapters`` holding both answer/ and stop/ adapters of the latest-started finished
+    run (of the latest-started unfinished one if no run with adapters is finished)."""
     candidates = [
         d for d in runs_dir.glob("*/adapters")
         if all((d / role / "adapter_config.json").is_file() for role in adapters.ROLES)
     ]
-    return max(candidates, key=lambda d: (run_started(d.parent), d.parent.name)) if candidates else None
+    return max(candidates, key=lambda d: (not run_unfinished(d.parent), run_started(d.parent), d.parent.name),
+               default=None)
 
 
 def list_runs(runs_dir: Path, in_use: Path | None = None) -> list[str]:

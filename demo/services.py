@@ -3,7 +3,7 @@
 One flow engine (``flowcore.flow.engines.open_engine``: vLLM or transformers, ``DemoConfig.engine``) is
 opened once, on the base model with named adapters:
   * ``answer`` / ``stop``: the Flow's adapters, from an online-DPO run
-    (default: the latest-started run's ``runs/*/adapters``); without one, the
+    (default: the latest-started finished run's ``runs/*/adapters``); without one, the
     untrained flow: the base model in both roles;
   * ``sft_ground_truth`` / ``sft_self_generated`` / ``sft_flow_generated``: the
     compiled (SFT) models of FLOW-DPO.md section 3, from

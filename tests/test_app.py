@@ -325,6 +325,17 @@ def test_runs_are_ordered_by_recorded_start_not_file_times(tmp_path, tiny):
     assert service.flow_adapters == runs / "new" / "adapters"
     assert service.runs() == ["new", "unfinished", "old"]
 
+    # a later run with adapters committed mid-run (2 of its 4 examples written) does not replace a finished one
+    adapters.save(adapters.attach(build_tiny_model(tok, seed=3)), runs / "unfinished" / "adapters")
+    (runs / "unfinished" / "config.json").write_text(json.dumps({"started": "2026-11-26T10:00:00+0000",
+                                                                 "example_ids": ["a", "b", "c", "d"]}))
+    (runs / "unfinished" / "progress.jsonl").write_text('{"index": 0}\n{"index": 1}\n')
+    service = DemoService(model, tok, DemoConfig(results_dir=str(tmp_path), runs_dir=str(runs)), log=lambda m: None)
+    assert service.flow_adapters == runs / "new" / "adapters"
+    (runs / "unfinished" / "progress.jsonl").write_text('{"index": 0}\n{"index": 1}\n{"index": 2}\n{"index": 3}\n')
+    service = DemoService(model, tok, DemoConfig(results_dir=str(tmp_path), runs_dir=str(runs)), log=lambda m: None)
+    assert service.flow_adapters == runs / "unfinished" / "adapters"  # finished now: the latest
+
 
 def test_training_tab_lists_train_runs_only(tmp_path, tiny):
     model, tok = tiny

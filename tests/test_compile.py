@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,11 +47,31 @@ def test_every_gsm8k_train_ground_truth_grades_correct():
         assert r["extracted"] == p.gold
 
 
-def test_math_ground_truth_is_the_solution_and_grades_correct():
+def test_math_ground_truth_is_the_solution_then_the_final_answer_sentence():
     problems = data.load("math", "train", limit=200)
     records = traces.ground_truth_records(problems)
-    assert [r["completion"] for r in records] == [p.solution.strip() for p in problems]
+    assert [r["completion"] for r in records] == [
+        f"{p.solution.strip()}\nThe final answer is \\boxed{{{p.gold}}}." for p in problems]
     assert all(r["correct"] for r in records)
+    # a solution that already ends in the sentence keeps it once
+    p = replace(problems[0], solution=records[0]["completion"])
+    assert traces.ground_truth_text(p) == records[0]["completion"]
+
+
+@pytest.mark.parametrize("dataset", data.DATASETS)
+def test_every_ground_truth_trace_ends_in_a_graded_final_answer_sentence(dataset):
+    """The model SFT-trained on ground truth learns how a trace ends: every trace's last line is the
+    final-answer sentence, and flowcore.grading reads the gold from that line alone. MATH traces used to end
+    in the solution's prose with the box inside ("... is $\\boxed{31}$ centimeters."), and the cpu preset's
+    SFT-ground-truth model then ended 27 of 100 GSM8K answers after a plain sentence, with no answer."""
+    problems = data.load(dataset, "train")
+    records = traces.ground_truth_records(problems)
+    for p, r in zip(problems, records, strict=True):
+        last = r["completion"].splitlines()[-1]
+        assert last.startswith("The final answer is "), (p.id, last)
+        g = grading.grade(last, p.gold, dataset)
+        assert g.correct and g.extracted == p.gold, (p.id, last, g)
+        assert r["correct"] and r["extracted"] == p.gold, p.id
 
 
 # ---------------------------------------------------------------- selection
@@ -177,8 +200,9 @@ def test_tiny_pipeline_end_to_end(tmp_path, one_thread, capsys):
         prompt_sets=[presets.PromptSet("gsm8k", 10, data_file=problems)],
         samples=2, sample_temperature=0.7, flow=flow,
         dpo_run=str(tmp_path / "run"),
-        dpo_args={"dataset": "gsm8k", "data_file": problems, "examples": 4, "chunk_size": 8, "max_steps": 4,
-                  "stop_threshold": 1.0, "group_size": 2, "batch_pairs": 2, "lr": 1e-3},
+        # the run gets the model, chunk_size, max_steps, stop_threshold and stop_at_eos from the preset (train_argv)
+        dpo_args={"dataset": "gsm8k", "data_file": problems, "examples": 4, "group_size": 2, "batch_pairs": 2,
+                  "lr": 1e-3},
         eval_sets=[EvalSet("gsm8k", "custom", 8, data_file=problems), EvalSet("gsm8k", "custom", 4, data_file=problems)],
         compile=CompileConfig(batch_size=4, micro_batch=2, epochs=1, lora_r=4, lora_alpha=4),
     )
@@ -242,12 +266,15 @@ def test_tiny_pipeline_end_to_end(tmp_path, one_thread, capsys):
     cfg.samples = 3
     with pytest.raises(pipeline.ReproduceError, match="other settings"):
         pipeline.Pipeline(cfg, "x").run()
+    # the run the pipeline made holds the preset's flow; the compile may not run it under other settings
+    assert presets.run_diff(cfg, tmp_path / "run") == {}
+    cfg.flow = replace(flow, stop_at_eos=True)
+    with pytest.raises(pipeline.ReproduceError, match=r"trained with other settings \{'stop_at_eos': \(False, True\)"):
+        pipeline.Pipeline(cfg, "x").start()
 
 
 def test_cpu_preset_draws_the_committed_prompts(tmp_path):
     """The training order's default changed (permutation-v2); a rerun of results/cpu must keep its prompts."""
-    from pathlib import Path
-
     committed = Path(__file__).resolve().parents[1] / "results" / "cpu"
     cfg = presets.PRESETS["cpu"]()
     assert cfg.prompt_order == "sample-v1"
@@ -263,6 +290,97 @@ def test_cpu_preset_draws_the_committed_prompts(tmp_path):
     cfg.prompt_order = "permutation-v2"
     with pytest.raises(pipeline.ReproduceError, match="prompt_order"):
         pipeline.Pipeline(cfg, "x").start()
+
+
+def test_cpu_results_made_from_the_old_ground_truth_are_not_rewritten(tmp_path):
+    """results/cpu's SFT ground-truth adapter learned the MATH traces without a final-answer sentence: stage
+    traces may not replace them under it (its sft_data and adapter would disagree)."""
+    committed = Path(__file__).resolve().parents[1] / "results" / "cpu" / "traces" / "ground_truth.jsonl"
+    cfg = presets.PRESETS["cpu"]()
+    cfg.out = str(tmp_path)
+    (tmp_path / "traces").mkdir()
+    shutil.copy(committed, tmp_path / "traces" / "ground_truth.jsonl")
+    with pytest.raises(pipeline.ReproduceError, match="holds other ground-truth traces"):
+        pipeline.Pipeline(cfg, "x").traces()
+    assert (tmp_path / "traces" / "ground_truth.jsonl").read_text() == committed.read_text()
+    assert not (tmp_path / "traces" / "prompts.json").exists()  # refused before writing anything
+
+
+# ---------------------------------------------------------------- presets
+
+
+def test_full_preset_is_the_papers_compile_design():
+    assert set(presets.PRESETS) == {"cpu", "full"}
+    cfg = presets.PRESETS["full"]()
+    assert (cfg.preset, cfg.out, cfg.dpo_run) == ("full", "results/full", "runs/online-dpo-2000")
+    # 1,500 training prompts as one mixed set, drawn from the train splits
+    problems = pipeline.Pipeline(cfg, "x").prompts()
+    assert len({p.id for p in problems}) == len(problems) == 1500
+    for ds, n in (("gsm8k", 1000), ("math", 500)):
+        ids = {p.id for p in problems if p.dataset == ds}
+        assert len(ids) == n and ids <= {p.id for p in data.load(ds, "train")}
+    # evaluation on the whole GSM8K test set and the whole of MATH500
+    assert [(es.name, len(es.problems())) for es in cfg.eval_sets] == [("gsm8k-test", 1319), ("math-test500", 500)]
+    # SFT as the paper's Table 3 (FLOW-DPO.md section 3); micro_batch only splits the step in memory
+    c = cfg.compile
+    assert (c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_targets) == (16, 16, 0.05, "all-linear")
+    assert (c.lr, c.batch_size, c.warmup_ratio, c.epochs) == (2e-4, 16, 0.1, 3)
+    assert c.batch_size // c.micro_batch == 2  # gradient accumulation 2
+    # the pre-registered fixed flow settings of runs/online-dpo-2000, until its config.json says otherwise
+    assert (cfg.flow.max_steps, cfg.flow.stop_at_eos) == (6, True)
+
+
+def _fake_run(run: Path, model: str, **flow) -> Path:
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"settings": {"model": model, "flow": flow}}))
+    return run
+
+
+def test_the_preset_takes_model_and_flow_settings_from_its_run(tmp_path):
+    cfg = presets.PRESETS["full"]()
+    run = _fake_run(tmp_path / "run", "qwen2.5-coder-1.5b-instruct", chunk_size=64, max_steps=6,
+                    stop_threshold=0.5, stop_at_eos=True, batch_size=16)
+    assert presets.run_diff(cfg, tmp_path / "none") == {}  # no run yet: nothing to follow
+    assert presets.run_diff(cfg, run) == {"model": ("qwen2.5-coder-1.5b-instruct", cfg.model), "chunk_size": (64, 160)}
+    followed = presets.follow_run(cfg, run)
+    assert (followed.model, followed.flow.chunk_size, followed.flow.stop_at_eos) == (
+        "qwen2.5-coder-1.5b-instruct", 64, True)
+    assert followed.flow.batch_size == 64 and presets.run_diff(followed, run) == {}  # speed settings stay ours
+    # a run made before stop_at_eos existed ran without it
+    old = _fake_run(tmp_path / "old", cfg.model, chunk_size=160, max_steps=6, stop_threshold=0.5)
+    assert presets.run_diff(cfg, old) == {"stop_at_eos": (False, True)}
+
+
+def test_reproduce_runs_the_flow_as_its_run_trained_it(tmp_path, capsys):
+    run = _fake_run(tmp_path / "run", "m-of-the-run", chunk_size=64, max_steps=4, stop_threshold=0.5)
+    adapters = str(run / "adapters")
+    out = tmp_path / "out"
+    assert reproduce.main(["--preset", "full", "--model", "other", "--flow-adapters", adapters, "--out",
+                           str(out)]) == 2
+    assert "--model other, but the flow in" in capsys.readouterr().err and not out.exists()
+    # stage table fails (nothing evaluated), after config.json was written with the run's settings
+    assert reproduce.main(["--preset", "full", "--stages", "table", "--flow-adapters", adapters,
+                           "--out", str(out)]) == 1
+    io = capsys.readouterr()
+    assert "model m-of-the-run, chunk_size 64, max_steps 4, stop_at_eos False" in io.out and "incomplete" in io.err
+    settings = json.loads((out / "config.json").read_text())["settings"]
+    assert settings["model"] == "m-of-the-run"
+    assert (settings["flow"]["chunk_size"], settings["flow"]["max_steps"]) == (64, 4)
+    assert "stop_at_eos" not in settings["flow"]  # False: left out, as FlowConfig.settings() leaves its default
+
+
+def test_train_argv_makes_the_run_with_the_presets_flow():
+    from flowcore.online.train import parse
+
+    cfg = presets.PRESETS["full"]()
+    args = parse(presets.train_argv(cfg))
+    assert (args.model, args.out, args.examples, args.dataset) == (cfg.model, "runs/online-dpo-2000", 2000, "gsm8k")
+    assert (args.chunk_size, args.max_steps, args.stop_threshold, args.stop_at_eos) == (160, 6, 0.5, True)
+    assert (args.group_size, args.dtype) == (32, "float32")
+    assert parse(presets.train_argv(presets.PRESETS["cpu"]())).stop_at_eos is False
+    cfg.dpo_args["chunk_size"] = 64
+    with pytest.raises(ValueError, match="set them in the preset's flow"):
+        presets.train_argv(cfg)
 
 
 def test_reproduce_cli_rejects_unknown_stage_row_or_set(capsys):

@@ -63,12 +63,22 @@ def test_kill_and_resume_gives_the_same_run(setup, capsys):
     assert train.main(args[1:] + ["--out", str(killed), "--resume", "--dtype", "bfloat16"]) == 1
     assert "started in torch.float32" in capsys.readouterr().err  # conftest pins float32
     assert len(read_jsonl(killed / "progress.jsonl")) == 3
+    moved = tmp / "moved"  # what another machine gets from git: no checkpoint.pt
+    shutil.copytree(killed, moved, ignore=shutil.ignore_patterns("checkpoint.pt"))
 
     r = flowcore(*args, "--out", str(killed), "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
     progress = without_timing(whole / "progress.jsonl")
     assert [p["index"] for p in progress] == list(range(6))
     assert without_timing(killed / "progress.jsonl") == progress
+    assert [(x["position"], x["exact"]) for x in read_jsonl(killed / "resumes.jsonl")] == [(2, True)]
+
+    r = flowcore(*args, "--out", str(moved), "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "differs from an uninterrupted one" in r.stderr
+    assert [p["index"] for p in read_jsonl(moved / "progress.jsonl")] == list(range(6))
+    assert without_timing(moved / "progress.jsonl")[:2] == progress[:2]
+    assert [(x["position"], x["exact"]) for x in read_jsonl(moved / "resumes.jsonl")] == [(2, False)]
     assert read_jsonl(killed / "pairs.jsonl") == read_jsonl(whole / "pairs.jsonl")
     # the run did learn something, so equality is not trivial
     steps = [s for p in progress for s in p["losses"]]
@@ -275,6 +285,53 @@ def test_checkpoint_restores_every_generator_the_run_draws_from(tiny, tmp_path, 
     assert (position, elapsed) == (4, 1.5)
     assert random.random() == expected[0] and torch.equal(torch.rand(3), expected[1])
     assert cuda["set"] is not None and [s.tolist() for s in cuda["set"]] == [[1, 2], [3]]
+
+
+def test_resume_without_checkpoint_continues_from_the_exported_adapters(tiny, tmp_path):
+    """On another machine only the committed adapters/ travel: --resume continues from them, with the
+    position, pending pairs, step counts and generators of the checkpoint, bf16-rounded weights and fresh
+    Adam moments, and records that it was not exact."""
+    import random
+
+    from flowcore import adapters
+    from flowcore.online.dpo import OnlineDPO, OnlineDPOConfig
+    from flowcore.online.rollouts import Pair
+
+    model, tok = tiny
+    peft = adapters.attach(model, adapters.LoraConfig())
+    trainer = OnlineDPO(peft, tok.pad_token_id, OnlineDPOConfig())
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for role in adapters.ROLES:
+            for p in trainer.params[role]:
+                p.normal_()
+    trainer.steps = {"answer": 3, "stop": 1}
+    saved = {role: [p.detach().clone() for p in trainer.params[role]] for role in adapters.ROLES}
+    pair = Pair("q1", "stop", 2, [1, 2], [3], [4], "Yes", "No", True, False, "stop here was right", "7", "8",
+                "stop here")
+    random.seed(5)
+    torch.manual_seed(5)
+    checkpoint.save_checkpoint(tmp_path, trainer, peft, 4, {"answer": [], "stop": [pair]}, 1.5, OneProcess())
+    expected = (random.random(), torch.rand(3))
+    (tmp_path / "checkpoint.pt").unlink()
+    assert checkpoint.can_resume(tmp_path)
+
+    fresh = OnlineDPO(peft, tok.pad_token_id, OnlineDPOConfig())
+    with torch.no_grad():
+        for role in adapters.ROLES:
+            for p in fresh.params[role]:
+                p.zero_()
+    random.seed(6)
+    torch.manual_seed(6)
+    position, pending, elapsed = checkpoint.load_checkpoint(tmp_path, fresh, OneProcess())
+    assert (position, elapsed, fresh.steps) == (4, 1.5, {"answer": 3, "stop": 1})
+    assert pending == {"answer": [], "stop": [pair]}
+    assert random.random() == expected[0] and torch.equal(torch.rand(3), expected[1])
+    for role in adapters.ROLES:
+        for p, w in zip(fresh.params[role], saved[role]):
+            assert torch.equal(p, w.to(torch.bfloat16).float())  # bf16 rounding, nothing else
+        assert not fresh.optimizers[role].state
+    assert [(r["position"], r["exact"]) for r in read_jsonl(tmp_path / "resumes.jsonl")] == [(4, False)]
 
 
 def test_device_flag_reaches_the_loader_in_train_and_baselines(setup, tmp_path, monkeypatch, capsys):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from flowcore import data, models, results
 from flowcore.compile import traces
-from flowcore.compile.presets import ReproduceConfig, train_argv
+from flowcore.compile.presets import ReproduceConfig, run_diff, train_argv
 from flowcore.compile.sft import sft
 from flowcore.eval import evaluate
 from flowcore.flow import engines
@@ -50,7 +50,14 @@ class Pipeline:
     # ------------------------------------------------------------ shared
 
     def start(self) -> None:
-        """Write (or check) ``config.json``: one settings set per output directory."""
+        """Check the trained flow's run, then write (or check) ``config.json``: one settings set per output
+        directory."""
+        run = self.flow_adapters.parent
+        drift = run_diff(self.cfg, run)
+        if drift:
+            raise ReproduceError(f"the flow in {run} was trained with other settings {drift} (the run's, these): "
+                                 "its traces would come from another flow; `python -m flowcore reproduce` takes "
+                                 f"the model and flow settings from {run / 'config.json'}")
         path = self.out / "config.json"
         settings = {**self.cfg.settings(), "flow_adapters": str(self.flow_adapters)}
         if path.is_file():
@@ -117,12 +124,15 @@ class Pipeline:
     def traces(self) -> None:
         problems = self.prompts()
         tdir = self.out / "traces"
+        gt = traces.ground_truth_records(problems)
+        if results.read_jsonl(tdir / "ground_truth.jsonl") not in ([], gt):  # the SFT after them learned those
+            raise ReproduceError(f"{tdir / 'ground_truth.jsonl'} holds other ground-truth traces (before 2026-12-01 "
+                                 "MATH traces had no final-answer sentence): use another --out")
         tdir.mkdir(parents=True, exist_ok=True)
         results.write_json_atomic(tdir / "prompts.json", {"prompt_ids": [p.id for p in problems],
                                                            "prompt_sets": [asdict(s) for s in self.cfg.prompt_sets],
                                                            "seed": self.cfg.prompt_seed,
                                                            "order": self.cfg.prompt_order})
-        gt = traces.ground_truth_records(problems)
         results.write_jsonl_atomic(tdir / "ground_truth.jsonl", gt)
         print(f"[traces] ground truth: {sum(r['correct'] for r in gt)}/{len(gt)} grade correct")
         decoding = replace(self.cfg.flow, temperature=self.cfg.sample_temperature)

@@ -1,8 +1,14 @@
 """What `python -m flowcore reproduce --preset NAME` runs: the prompt sets, evaluation sets and every
-setting of the compile pipeline (``ReproduceConfig``), and the two presets."""
+setting of the compile pipeline (``ReproduceConfig``), and the two presets.
+
+The trained flow is its online-DPO run's: where the run exists, the model and the flow settings that define
+it (``RUN_FLOW``) are read from its ``config.json`` (``follow_run``), and a pipeline whose settings differ from
+them is refused (``run_diff``); a run the pipeline starts itself gets them from the preset (``train_argv``)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 from flowcore import models
 from flowcore.compile.sft import CompileConfig
@@ -54,24 +60,69 @@ def _cpu() -> ReproduceConfig:
     )
 
 
-def _paper() -> ReproduceConfig:
+def _full() -> ReproduceConfig:
+    """The paper's compile design (FLOW-DPO.md section 3) on the flow of the 2,000-example online run."""
     return ReproduceConfig(
-        preset="paper", out="results/paper",
-        prompt_sets=[PromptSet("gsm8k", 1000), PromptSet("math", 500)],  # 1,500 prompts, as the paper
+        preset="full", out="results/full",
+        # one mixed set of 1,500 prompts, as the paper's 1,500 MetaMath prompts (MetaMath is rewritten GSM8K and
+        # MATH train problems); we have the original problems, two GSM8K to one MATH
+        prompt_sets=[PromptSet("gsm8k", 1000), PromptSet("math", 500)],
+        prompt_order="permutation-v2",  # the current draw (train.ORDER); sample-v1 is kept for results/cpu only
         samples=4, sample_temperature=0.7,
-        flow=FlowConfig(batch_size=64),
-        dpo_run="runs/gsm8k-paper-2000",
-        dpo_args={"dataset": "gsm8k", "examples": 2000},  # paper Table 2 hyperparameters (the defaults)
-        eval_sets=[EvalSet("gsm8k", "test"), EvalSet("math", "test500")],
+        # until runs/online-dpo-2000 exists: its pre-registered fixed settings (docs/experiments/online-dpo-2000.md);
+        # once it does, the run's model and RUN_FLOW settings replace these (follow_run)
+        flow=FlowConfig(batch_size=64, max_steps=6, stop_at_eos=True),
+        dpo_run="runs/online-dpo-2000",
+        # used only if the pipeline starts the run itself; the pre-registered command normally makes it
+        dpo_args={"dataset": "gsm8k", "examples": 2000, "group_size": 32, "dtype": "float32"},
+        eval_sets=[EvalSet("gsm8k", "test"), EvalSet("math", "test500")],  # all 1,319 and all 500
+        compile=CompileConfig(micro_batch=8),  # Table 3: global batch 16 = 8 per pass x grad accumulation 2
     )
 
 
-PRESETS = {"cpu": _cpu, "paper": _paper}
+PRESETS = {"cpu": _cpu, "full": _full}
+
+# The settings that make a trained flow what it is: the compile must run it as its online run trained it.
+RUN_FLOW = ("chunk_size", "max_steps", "stop_threshold", "stop_at_eos")
+
+
+def run_settings(run: str | Path) -> dict | None:
+    """``{"model", *RUN_FLOW}`` of the online-DPO run in directory ``run`` (its config.json), or None if none."""
+    path = Path(run) / "config.json"
+    if not path.is_file():
+        return None
+    made = json.loads(path.read_text())["settings"]
+    default = asdict(FlowConfig())  # runs made before a field existed ran with its default
+    return {"model": made["model"], **{k: made["flow"].get(k, default[k]) for k in RUN_FLOW}}
+
+
+def run_diff(cfg: ReproduceConfig, run: str | Path) -> dict:
+    """``{setting: (the run's, cfg's)}`` where ``cfg`` would not run the flow of ``run`` as it was trained."""
+    theirs = run_settings(run) or {}
+    ours = {"model": cfg.model, **{k: getattr(cfg.flow, k) for k in RUN_FLOW}}
+    return {k: (v, ours[k]) for k, v in theirs.items() if v != ours[k]}
+
+
+def follow_run(cfg: ReproduceConfig, run: str | Path) -> ReproduceConfig:
+    """``cfg`` with the model and ``RUN_FLOW`` settings of the online-DPO run in ``run`` (as it is if none)."""
+    theirs = run_settings(run)
+    if theirs is None:
+        return cfg
+    model = theirs.pop("model")
+    return replace(cfg, model=model, flow=replace(cfg.flow, **theirs))
 
 
 def train_argv(cfg: ReproduceConfig) -> list[str]:
-    """The `python -m flowcore train` arguments of stage flow-dpo."""
+    """The `python -m flowcore train` arguments of stage flow-dpo: the preset's model and ``RUN_FLOW`` settings,
+    then ``dpo_args`` (which may not set those)."""
+    clash = [k for k in RUN_FLOW if k in cfg.dpo_args]
+    if clash:
+        raise ValueError(f"dpo_args sets {clash}: set them in the preset's flow, which the run is made with")
     argv = ["--model", cfg.model, "--out", cfg.dpo_run]
-    for k, v in cfg.dpo_args.items():
-        argv += [f"--{k.replace('_', '-')}", str(v)]
+    for k, v in [*((k, getattr(cfg.flow, k)) for k in RUN_FLOW), *cfg.dpo_args.items()]:
+        flag = f"--{k.replace('_', '-')}"
+        if isinstance(v, bool):  # train's boolean flags are --name / --no-name
+            argv.append(flag if v else f"--no-{flag[2:]}")
+        else:
+            argv += [flag, str(v)]
     return argv

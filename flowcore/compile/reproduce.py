@@ -1,4 +1,4 @@
-"""`python -m flowcore reproduce --preset cpu|paper`: the paper's compile table, end to end, resumably.
+"""`python -m flowcore reproduce --preset cpu|full`: the paper's compile table, end to end, resumably.
 
 Stages (each skips what its output files already hold, so rerunning the same
 command continues a killed run):
@@ -18,6 +18,10 @@ command continues a killed run):
 6. ``table``      ``<out>/table.md``, ``table.json`` (ours with 95% intervals,
                   McNemar tests, the paper's numbers beside), ``chart.html``/``.png``.
 
+The trained flow runs as its online run trained it: where the run's ``config.json`` exists (the preset's
+run, or the folder above ``--flow-adapters``), the model and the flow settings chunk_size, max_steps,
+stop_threshold and stop_at_eos are taken from it (``presets.follow_run``); a ``--model`` that differs is refused.
+
 ``<out>/config.json`` records the command, preset, model, every setting, seed,
 date and git commit; a rerun with other settings is refused (use another --out).
 Each file a model makes records its dtype (``runtime``), and ``table.json``
@@ -32,7 +36,7 @@ from pathlib import Path
 from flowcore import data, models, results
 from flowcore.cli import HelpFormatter
 from flowcore.compile.pipeline import STAGES, Pipeline, ReproduceError
-from flowcore.compile.presets import PRESETS
+from flowcore.compile.presets import PRESETS, follow_run, run_diff
 from flowcore.eval import evaluate
 from flowcore.flow import engines
 
@@ -41,7 +45,8 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m flowcore reproduce", description=__doc__,
                                 formatter_class=HelpFormatter)
     p.add_argument("--preset", choices=list(PRESETS), required=True,
-                   help="cpu: sized for a 2-core CPU (hours, in the background); paper: the paper's sizes (a GPU)")
+                   help="cpu: sized for a 2-core CPU (hours, in the background); full: the paper's sizes on the "
+                        "flow of runs/online-dpo-2000 (a GPU)")
     p.add_argument("--model", default=None, help="override the preset's model (embedded name, local dir, hub id)")
     p.add_argument("--out", default=None, help="override the output directory (default results/<preset>)")
     p.add_argument("--stages", default="all", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
@@ -66,6 +71,14 @@ def main(argv: list[str]) -> int:
         cfg.model, cfg.dpo_run = args.model, f"runs/{args.preset}-{Path(args.model).name}"
     if args.out:
         cfg.out = args.out
+    run = Path(args.flow_adapters).parent if args.flow_adapters else Path(cfg.dpo_run)
+    taken = run_diff(cfg, run)  # the trained flow is run as it was trained: its model and flow settings
+    if args.model and "model" in taken:
+        print(f"error: --model {args.model}, but the flow in {run} was trained on {taken['model'][0]}", file=sys.stderr)
+        return 2
+    if taken:
+        print(f"[reproduce] from {run / 'config.json'}: " + ", ".join(f"{k} {v}" for k, (v, _) in taken.items()))
+    cfg = follow_run(cfg, run)
     stages = STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(","))
     rows = tuple(r.strip() for r in args.rows.split(","))
     sets = None if args.eval_sets is None else tuple(s.strip() for s in args.eval_sets.split(","))

@@ -1,9 +1,14 @@
 """SFT traces from three sources on one prompt set, and the equal-count selection (FLOW-DPO.md section 3).
 
-- ``ground_truth``: the dataset's own solution. GSM8K: the ``<<48/2=24>>``
-  calculator notes are stripped and the ``#### N`` line becomes "The final
-  answer is \\boxed{N}." (the form the Answer prompt asks for). MATH solutions
-  already end in ``\\boxed{}`` and are kept as they are.
+- ``ground_truth``: the dataset's own solution, ending in the final-answer
+  sentence "The final answer is \\boxed{GOLD}." on a line of its own (the form
+  the Answer prompt asks for). GSM8K: the ``<<48/2=24>>`` calculator notes are
+  stripped and the ``#### N`` line becomes that sentence. MATH: the sentence
+  (with the ``answer`` field) is appended to the solution, whose box sits
+  inside its prose ("... is $\\boxed{31}$ centimeters."). So every trace
+  ends the same way (until 2026-12-01 MATH traces ended in that prose, and the
+  model SFT-trained on them often ended its turn after a plain sentence with
+  no answer: docs/experiments/compile-cpu-preset.md).
 - ``self_generated``: the base model's own zero-shot samples (same prompt and
   token budget as the zero-shot baseline), correct ones kept.
 - ``flow_generated``: the trained flow's traces (Answer + Stop adapters of an
@@ -41,13 +46,22 @@ class SelectionError(ValueError):
     """No prompt has a correct trace from every source: nothing to compile."""
 
 
+def final_answer_sentence(answer: str) -> str:
+    """The last line of every ground-truth trace."""
+    return f"The final answer is \\boxed{{{answer}}}."
+
+
 def ground_truth_text(problem: Problem) -> str:
-    """The dataset's solution in the answer form the model is asked for."""
+    """The dataset's solution in the answer form the model is asked for: it ends in ``final_answer_sentence``."""
     if problem.dataset == "gsm8k":
         body = problem.solution.rsplit("####", 1)[0]
         body = re.sub(r"<<[^<>]*>>", "", body).strip()
-        return f"{body}\nThe final answer is \\boxed{{{problem.gold}}}."
-    return problem.solution.strip()
+    else:
+        body = problem.solution.strip()
+    final = final_answer_sentence(problem.gold)
+    if body.splitlines()[-1:] == [final]:  # the solution already ends that way
+        return body
+    return f"{body}\n{final}" if body else final
 
 
 def ground_truth_records(problems: list[Problem]) -> list[dict]:

