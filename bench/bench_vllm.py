@@ -35,6 +35,18 @@ def cpu_flags() -> list[str]:
     return sorted(f for f in flags if f.startswith(("avx", "amx")))
 
 
+def write_result(path: str, fields: dict, load_before: tuple) -> None:
+    """A benchmark's ``fields`` as JSON at ``path``, with the command, machine, load average, date and commit."""
+    from flowcore import results
+
+    out = {"command": "python " + " ".join(sys.argv), **fields,
+           "machine": {"cpu_flags": cpu_flags(), "cores": os.cpu_count()},
+           "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git_commit": results.git_commit()}
+    Path(path).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
 def run(engine, problems) -> dict:
     t0 = time.perf_counter()
     traces = {t.problem_id: t for t in engine.solve(problems)}

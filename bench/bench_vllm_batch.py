@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_vllm import cpu_flags  # noqa: E402
+from bench.bench_vllm import write_result  # noqa: E402
 
 
 def main() -> None:
@@ -59,14 +59,8 @@ def main() -> None:
         r["ratio_to_smallest"] = round(r["tokens_per_s"] / base, 2)
         print(f"{r['rows']:4d} rows: {r['tokens_per_s']:7.1f} tokens/s  x{r['ratio_to_smallest']:.2f}")
     if args.out:
-        out = {"command": "python " + " ".join(sys.argv), "model": args.model, "dtype": str(engine.dtype),
-               "tokens_per_row": args.tokens, "rows": rows, "runtime": results.runtime(engine),
-               "machine": {"cpu_flags": cpu_flags(), "cores": os.cpu_count()},
-               "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git_commit": results.git_commit()}
-        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-        print(f"wrote {args.out}")
-
+        write_result(args.out, {"model": args.model, "dtype": str(engine.dtype), "tokens_per_row": args.tokens,
+                                "rows": rows, "runtime": results.runtime(engine)}, load_before)
 
 if __name__ == "__main__":
     main()

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_vllm import cpu_flags  # noqa: E402
+from bench.bench_vllm import write_result  # noqa: E402
 
 
 def flow_config(chunk_size: int, rows: int = 16):
@@ -67,7 +67,6 @@ def main() -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--part", default=None, help=argparse.SUPPRESS)  # one block size's results, for the parent
     args = p.parse_args()
-    from flowcore import results
 
     configs = [tuple(int(x) for x in c.split(":")) for c in args.configs]
     blocks = list(dict.fromkeys(b for b, _ in configs))
@@ -97,15 +96,9 @@ def main() -> None:
               f"x{r['speed_ratio_to_first']:.2f}  ({r['same_completions_as_first']}/{r['problems']} completions "
               "as the first)")
     if args.out:
-        out = {"command": "python " + " ".join(sys.argv), "model": args.model, "dtype": f"torch.{args.dtype}",
-               "flow": flow_config(args.chunk_size).settings(), "problems": args.problems, "rows": rows,
-               "runtime": runtime,
-               "machine": {"cpu_flags": cpu_flags(), "cores": os.cpu_count()},
-               "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git_commit": results.git_commit()}
-        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-        print(f"wrote {args.out}")
-
+        write_result(args.out, {"model": args.model, "dtype": f"torch.{args.dtype}",
+                                "flow": flow_config(args.chunk_size).settings(), "problems": args.problems,
+                                "rows": rows, "runtime": runtime}, load_before)
 
 if __name__ == "__main__":
     main()
