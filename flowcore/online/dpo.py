@@ -24,8 +24,8 @@ the same step on the same weights.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -127,8 +127,11 @@ class OnlineDPO:
         # what update() reduces lives here: NCCL (accelerate on GPUs) only reduces tensors on the GPU
         self.device = next(model.parameters()).device
         self.params = {role: adapter_params(model, role) for role in ROLES}
-        self.optimizers = {role: torch.optim.Adam(self.params[role], lr=config.lr) for role in ROLES}
+        self.optimizers = self._new_optimizers()
         self.steps = {role: 0 for role in ROLES}
+
+    def _new_optimizers(self) -> dict:
+        return {role: torch.optim.Adam(self.params[role], lr=self.cfg.lr) for role in ROLES}
 
     def _logps(self, role: str | None, pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
         prompts = [p.prompt_ids for p in pairs] * 2
@@ -210,5 +213,5 @@ class OnlineDPO:
             missing = [k for k in result.missing_keys if f".{role}." in k and "lora_" in k]
             if missing:
                 raise ValueError(f"{directory}/{role} does not hold this model's LoRA weights (e.g. {missing[0]})")
-        self.optimizers = {role: torch.optim.Adam(self.params[role], lr=self.cfg.lr) for role in ROLES}
+        self.optimizers = self._new_optimizers()
         self.steps = dict(steps)
