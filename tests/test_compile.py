@@ -338,16 +338,16 @@ def _fake_run(run: Path, model: str, **flow) -> Path:
 
 def test_the_preset_takes_model_and_flow_settings_from_its_run(tmp_path):
     cfg = presets.PRESETS["full"]()
-    run = _fake_run(tmp_path / "run", "qwen2.5-coder-1.5b-instruct", chunk_size=64, max_steps=6,
+    run = _fake_run(tmp_path / "run", "qwen2.5-coder-1.5b-instruct", chunk_size=160, max_steps=6,
                     stop_threshold=0.5, stop_at_eos=True, batch_size=16)
     assert presets.run_diff(cfg, tmp_path / "none") == {}  # no run yet: nothing to follow
-    assert presets.run_diff(cfg, run) == {"model": ("qwen2.5-coder-1.5b-instruct", cfg.model), "chunk_size": (64, 160)}
+    assert presets.run_diff(cfg, run) == {"model": ("qwen2.5-coder-1.5b-instruct", cfg.model), "chunk_size": (160, 64)}
     followed = presets.follow_run(cfg, run)
     assert (followed.model, followed.flow.chunk_size, followed.flow.stop_at_eos) == (
-        "qwen2.5-coder-1.5b-instruct", 64, True)
+        "qwen2.5-coder-1.5b-instruct", 160, True)
     assert followed.flow.batch_size == 64 and presets.run_diff(followed, run) == {}  # speed settings stay ours
     # a run made before stop_at_eos existed ran without it
-    old = _fake_run(tmp_path / "old", cfg.model, chunk_size=160, max_steps=6, stop_threshold=0.5)
+    old = _fake_run(tmp_path / "old", cfg.model, chunk_size=64, max_steps=6, stop_threshold=0.5)
     assert presets.run_diff(cfg, old) == {"stop_at_eos": (False, True)}
 
 
@@ -375,12 +375,26 @@ def test_train_argv_makes_the_run_with_the_presets_flow():
     cfg = presets.PRESETS["full"]()
     args = parse(presets.train_argv(cfg))
     assert (args.model, args.out, args.examples, args.dataset) == (cfg.model, "runs/online-dpo-2000", 2000, "gsm8k")
-    assert (args.chunk_size, args.max_steps, args.stop_threshold, args.stop_at_eos) == (160, 6, 0.5, True)
-    assert (args.group_size, args.dtype) == (32, "float32")
+    assert (args.chunk_size, args.max_steps, args.stop_threshold, args.stop_at_eos) == (64, 6, 0.5, True)
+    assert (args.group_size, args.batch_size, args.batch_pairs, args.lr, args.dtype) == (32, 32, 8, 5e-5, "float32")
     assert parse(presets.train_argv(presets.PRESETS["cpu"]())).stop_at_eos is False
     cfg.dpo_args["chunk_size"] = 64
     with pytest.raises(ValueError, match="set them in the preset's flow"):
         presets.train_argv(cfg)
+
+
+def test_the_full_preset_makes_the_run_as_its_driver_script_does():
+    """runs/online-dpo-2000.sh (the pre-registered command) and the preset's train_argv name the same run."""
+    import shlex
+
+    from flowcore.online.train import parse
+
+    script = (Path(__file__).resolve().parents[1] / "runs" / "online-dpo-2000.sh").read_text()
+    line = re.search(r"-m flowcore train (.*?)\$resume", script.replace("\\\n", " "), re.S).group(1)
+    driver = vars(parse(shlex.split(line.replace('"$RUN"', "runs/online-dpo-2000"))))
+    preset = vars(parse(presets.train_argv(presets.PRESETS["full"]())))
+    assert driver.pop("engine") == "vllm" and preset.pop("engine") == "auto"  # the pipeline picks what is installed
+    assert driver == preset
 
 
 def test_reproduce_cli_rejects_unknown_stage_row_or_set(capsys):

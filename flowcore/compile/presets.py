@@ -71,10 +71,11 @@ def _full() -> ReproduceConfig:
         samples=4, sample_temperature=0.7,
         # until runs/online-dpo-2000 exists: its pre-registered fixed settings (docs/experiments/online-dpo-2000.md);
         # once it does, the run's model and RUN_FLOW settings replace these (follow_run)
-        flow=FlowConfig(batch_size=64, max_steps=6, stop_at_eos=True),
+        flow=FlowConfig(batch_size=64, chunk_size=64, max_steps=6, stop_at_eos=True),
         dpo_run="runs/online-dpo-2000",
-        # used only if the pipeline starts the run itself; the pre-registered command normally makes it
-        dpo_args={"dataset": "gsm8k", "examples": 2000, "group_size": 32, "dtype": "float32"},
+        # used only if the pipeline starts the run itself; runs/online-dpo-2000.sh normally makes it, with these
+        dpo_args={"dataset": "gsm8k", "examples": 2000, "dtype": "float32", "rollouts": 1, "group_size": 32,
+                  "batch_size": 32, "batch_pairs": 8, "lr": 5e-5, "checkpoint_every": 32},
         eval_sets=[EvalSet("gsm8k", "test"), EvalSet("math", "test500")],  # all 1,319 and all 500
         compile=CompileConfig(micro_batch=8),  # Table 3: global batch 16 = 8 per pass x grad accumulation 2
     )
