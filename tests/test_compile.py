@@ -352,7 +352,7 @@ def test_the_preset_takes_model_and_flow_settings_from_its_run(tmp_path):
 
 
 def test_reproduce_runs_the_flow_as_its_run_trained_it(tmp_path, capsys):
-    run = _fake_run(tmp_path / "run", "m-of-the-run", chunk_size=64, max_steps=4, stop_threshold=0.5)
+    run = _fake_run(tmp_path / "run", "m-of-the-run", chunk_size=160, max_steps=4, stop_threshold=0.5)
     adapters = str(run / "adapters")
     out = tmp_path / "out"
     assert reproduce.main(["--preset", "full", "--model", "other", "--flow-adapters", adapters, "--out",
@@ -362,10 +362,10 @@ def test_reproduce_runs_the_flow_as_its_run_trained_it(tmp_path, capsys):
     assert reproduce.main(["--preset", "full", "--stages", "table", "--flow-adapters", adapters,
                            "--out", str(out)]) == 1
     io = capsys.readouterr()
-    assert "model m-of-the-run, chunk_size 64, max_steps 4, stop_at_eos False" in io.out and "incomplete" in io.err
+    assert "model m-of-the-run, chunk_size 160, max_steps 4, stop_at_eos False" in io.out and "incomplete" in io.err
     settings = json.loads((out / "config.json").read_text())["settings"]
     assert settings["model"] == "m-of-the-run"
-    assert (settings["flow"]["chunk_size"], settings["flow"]["max_steps"]) == (64, 4)
+    assert (settings["flow"]["chunk_size"], settings["flow"]["max_steps"]) == (160, 4)
     assert "stop_at_eos" not in settings["flow"]  # False: left out, as FlowConfig.settings() leaves its default
 
 
