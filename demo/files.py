@@ -87,8 +87,17 @@ def progressive(runs_dir: Path, run: str | None, train_command: str) -> Figure:
         return Figure(None, f"{run_dir}: the run's files are unreadable ({type(e).__name__}: {e}).")
 
 
-def results_tables(results_root: Path) -> list[tuple[Path, object]]:
-    """(path, parsed table.json) for every ``<results_root>/*/table.json``, sorted by path."""
+HELDOUT_CMD = "python -m flowcore heldout --run {run_dir} --out {results_root}/{run}"
+
+
+def heldout_run(obj: object) -> str | None:
+    """The run folder name a ``python -m flowcore heldout`` table.json evaluated (its ``settings.run``); None
+    for other tables (a compile table of ``reproduce``)."""
+    run = obj.get("settings", {}).get("run") if isinstance(obj, dict) else None
+    return Path(run).name if isinstance(run, str) and run else None
+
+
+def _tables(results_root: Path) -> list[tuple[Path, object]]:
     tables = []
     for path in sorted(results_root.glob("*/table.json")):
         try:
@@ -96,6 +105,17 @@ def results_tables(results_root: Path) -> list[tuple[Path, object]]:
         except (OSError, ValueError) as e:
             tables.append((path, e))
     return tables
+
+
+def results_tables(results_root: Path) -> list[tuple[Path, object]]:
+    """(path, parsed table.json) for every ``<results_root>/*/table.json`` but the held-out tables of runs
+    (``heldout_tables``), sorted by path: the compile tables, shown beside the paper's Table 1."""
+    return [(path, obj) for path, obj in _tables(results_root) if heldout_run(obj) is None]
+
+
+def heldout_tables(results_root: Path, run: str | None) -> list[tuple[Path, object]]:
+    """(path, parsed table.json) of the held-out evaluations of ``run`` (``python -m flowcore heldout``)."""
+    return [(path, obj) for path, obj in _tables(results_root) if run and heldout_run(obj) == run]
 
 
 PAIR_FIELDS = ("index", "example_id", "role", "node", "chosen_text", "rejected_text", "reason")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from flowcore.eval.evaluate import PAPER_TABLE1, comparisons_table, markdown_table
+from flowcore.online import heldout
 
 from .services import REPRODUCE_CMD, Answer, FlowView, PairView
 
@@ -204,11 +205,25 @@ def paper_table() -> str:
             + markdown_table(PAPER_TABLE1))
 
 
+def _cost_rows(cells: object) -> list[dict]:
+    """Mean tokens and seconds per problem of a held-out table's ``cells[set][model]`` (none: [])."""
+    if not isinstance(cells, dict):
+        return []
+    return [{"data": name, "model": heldout.MODELS.get(model, model), "tokens": c["mean_tokens"],
+             "seconds": c["seconds_per_problem"]}
+            for name, by_model in cells.items() if isinstance(by_model, dict)
+            for model, c in by_model.items() if isinstance(c, dict) and "mean_tokens" in c]
+
+
 def _table_extras(obj: dict) -> list[str]:
-    """The paired tests and the provenance line of a ``reproduce`` table.json (absent keys: nothing)."""
+    """The paired tests, the cost per problem (a ``heldout`` table) and the provenance line of a table.json
+    (absent keys: nothing)."""
     parts = []
     if obj.get("comparisons"):
         parts.append("Paired tests (exact McNemar, same problems):\n\n" + comparisons_table(obj["comparisons"]))
+    cost = _cost_rows(obj.get("cells"))
+    if cost:
+        parts.append("Cost per problem (mean generated tokens; seconds):\n\n" + markdown_table(cost))
     if obj.get("command"):
         model = (obj.get("settings") or {}).get("model", "?")
         parts.append(f"Made by `{obj['command']}` on {obj.get('started', '?')}, model `{model}`, "
@@ -216,13 +231,10 @@ def _table_extras(obj: dict) -> list[str]:
     return parts
 
 
-def results_tables(tables: list[tuple[Path, object]], results_root: str) -> str:
-    if not tables:
-        return (f"**Ours: no results yet.** No `{results_root}/*/table.json` exists. "
-                f"Make it with `{REPRODUCE_CMD}` (it writes `results/cpu/table.json`).")
+def _tables_markdown(tables: list[tuple[Path, object]], label: str) -> str:
     parts = []
     for path, obj in tables:
-        parts.append(f"**Ours** (`{path}`)\n")
+        parts.append(f"**{label}** (`{path}`)\n")
         if isinstance(obj, Exception):
             parts.append(f"⚠️ could not read it: {obj}")
             continue
@@ -236,3 +248,18 @@ def results_tables(tables: list[tuple[Path, object]], results_root: str) -> str:
         else:
             parts.append("```json\n" + json.dumps(obj, indent=1)[:4000] + "\n```")
     return "\n\n".join(parts)
+
+
+def results_tables(tables: list[tuple[Path, object]], results_root: str) -> str:
+    if not tables:
+        return (f"**Ours: no results yet.** No `{results_root}/*/table.json` exists. "
+                f"Make it with `{REPRODUCE_CMD}` (it writes `results/cpu/table.json`).")
+    return _tables_markdown(tables, "Ours")
+
+
+def heldout_tables(tables: list[tuple[Path, object]], command: str) -> str:
+    """A run's held-out evaluation (trained flow, untrained flow, zero-shot on test sets), or how to make it."""
+    if not tables:
+        return (f"No held-out evaluation of this run yet. Make it with `{command}` "
+                f"(the full GSM8K test and MATH500 by default; hours on a CPU).")
+    return _tables_markdown(tables, "Held-out evaluation")

@@ -371,5 +371,11 @@ class DemoService:
         return found.question if found else ""
 
     def results_tables(self) -> list[tuple[Path, object]]:
-        """(path, parsed table.json) for every ``<results_root>/*/table.json``, sorted by path."""
+        """(path, parsed table.json) of the compile tables under ``<results_root>/``, sorted by path."""
         return files.results_tables(Path(self.cfg.results_root))
+
+    def heldout(self, run: str | None) -> tuple[list[tuple[Path, object]], str]:
+        """The held-out tables of ``run`` and the command that makes one."""
+        command = files.HELDOUT_CMD.format(run_dir=Path(self.cfg.runs_dir) / (run or "NAME"),
+                                           results_root=self.cfg.results_root, run=run or "NAME")
+        return files.heldout_tables(Path(self.cfg.results_root), run), command

@@ -20,6 +20,8 @@ def build(service: DemoService) -> None:
         first = service.progressive(runs[0] if runs else None)
         message = gr.Markdown(render.notice(first.message), label="Chart notice")
         plot = gr.Plot(render.app_figure(first.figure), label="Progressive accuracy", elem_id="progressive-plot")
+        gr.Markdown("#### Held-out evaluation of the run: trained flow, untrained flow, zero-shot")
+        heldout = gr.Markdown(heldout_markdown(service, runs[0] if runs else None), elem_id="heldout-table")
         gr.Markdown("#### Results table: ours and the paper's")
         ours = gr.Markdown(label="Our results", value=render.results_tables(service.results_tables(),
                                                                             service.cfg.results_root))
@@ -27,13 +29,17 @@ def build(service: DemoService) -> None:
 
         def progressive(name):
             fig = service.progressive(name)
-            return render.app_figure(fig.figure), render.notice(fig.message)
+            return render.app_figure(fig.figure), render.notice(fig.message), heldout_markdown(service, name)
 
         def reload_files(selected):
             names, value = service.run_choice(selected)  # runs may have been added or removed since the page loaded
             return (gr.Dropdown(choices=names, value=value),
                     render.results_tables(service.results_tables(), service.cfg.results_root))
 
-        run.change(progressive, run, [plot, message], api_name="progressive", concurrency_limit=4)
+        run.change(progressive, run, [plot, message, heldout], api_name="progressive", concurrency_limit=4)
         refresh.click(reload_files, run, [run, ours], api_name="reload_files", concurrency_limit=4).then(
-            progressive, run, [plot, message], api_visibility="private")
+            progressive, run, [plot, message, heldout], api_visibility="private")
+
+
+def heldout_markdown(service: DemoService, run: str | None) -> str:
+    return render.heldout_tables(*service.heldout(run))

@@ -43,14 +43,14 @@ def mcnemar(a: list[bool], b: list[bool]) -> dict:
 
 def paired_difference(a: list[bool], b: list[bool], z: float = 1.96) -> dict:
     """Accuracy of a minus accuracy of b on the same problems: the difference, its 95% Wald interval for
-    paired proportions, and the exact McNemar p-value."""
+    paired proportions (cut to [-1, 1], which it can leave on a few problems), and the exact McNemar p-value."""
     test = mcnemar(a, b)
     n, only_a, only_b = len(a), test["only_a"], test["only_b"]
     if n == 0:
         return {"n": 0, "difference": 0.0, "ci95": [0.0, 0.0], **test}
     d = (only_a - only_b) / n
     half = z * math.sqrt(max(0.0, only_a + only_b - (only_a - only_b) ** 2 / n)) / n
-    return {"n": n, "difference": d, "ci95": [d - half, d + half], **test}
+    return {"n": n, "difference": d, "ci95": [max(-1.0, d - half), min(1.0, d + half)], **test}  # within [-1, 1]
 
 
 def fmt_difference(diff: dict) -> str:

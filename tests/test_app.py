@@ -261,21 +261,28 @@ def test_concurrent_users_are_queued(served):
 
 def test_training_tab_messages_and_tables(served):
     client, service, root = served
-    fig, message = client.predict("empty-run", api_name="/progressive")
+    fig, message, heldout = client.predict("empty-run", api_name="/progressive")
     assert fig is None
     assert "config.json not found" in message and "python -m flowcore train" in message
-    fig, message = client.predict("tiny-run", api_name="/progressive")
+    assert "No held-out evaluation of this run yet" in heldout
+    assert f"python -m flowcore heldout --run {root / 'runs' / 'empty-run'} --out {root / 'results'}/empty-run" in heldout
+    fig, message, heldout = client.predict("tiny-run", api_name="/progressive")
     assert message == ""
+    # the run's own held-out table: accuracy rows, paired tests against both baselines, cost per problem
+    assert "| trained flow | 75.0 [" in heldout and "| untrained flow | 25.0 [" in heldout
+    assert "| gsm8k-test | trained flow vs untrained flow | +50.0 [" in heldout
+    assert "| gsm8k-test | zero-shot | 31.5 | 2 |" in heldout
     plot = json.loads(fig["plot"])
     names = [t["name"] for t in plot["data"]]
     assert [n.split(":")[0] for n in names] == ["Flow-DPO (online)", "untrained flow", "zero-shot"] * 2
     assert all(n.endswith("95% interval") for n in names[3:])
     assert plot["data"][0]["y"] == [0.0, 50.0, pytest.approx(200 / 3), 75.0]
-    fig, message = client.predict(None, api_name="/progressive")
+    fig, message, heldout = client.predict(None, api_name="/progressive")
     assert fig is None and "No online-DPO runs" in message and "python -m flowcore train" in message
     run, table = client.predict(None, api_name="/reload_files")
     assert {c[0] for c in run["choices"]} == {"empty-run", "tiny-run"} and run["value"] == run["choices"][0][0]
     assert "tiny-test-row" in table and "12.5" in table and "table.json" in table
+    assert "trained flow" not in table  # a run's held-out table is shown with its run, not beside the paper's
 
 
 def test_results_table_missing_names_the_command(tmp_path, tiny):

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def rec(pid, correct, end="eos", completion=""):
-    return {"problem_id": pid, "correct": correct, "end_reason": end, "completion": completion}
+    return {"problem_id": pid, "correct": correct, "end_reason": end, "completion": completion,
+            "n_rollouts": 1, "rollouts_correct": int(not correct)}
 
 
 def test_flow_vs_zero_shot_tells_identical_prefix_and_other_text():
@@ -41,7 +42,7 @@ def test_diagnostics_count_only_examples_after_the_first_step():
     progress = [rec("a", False, "stop"), rec("b", True), rec("c", True, "max_steps")]
     flow = [rec("a", False, "stop", "x"), rec("b", False, "stop", "y"), rec("c", True, "eos", "z")]
     zero = [rec("a", True, completion="x1"), rec("b", True, completion="y1"), rec("c", True, completion="z")]
-    pairs = [{"role": "answer", "chosen_text": "t", "reason": "rollout ..."}]
+    pairs = [{"role": "answer", "node": 0, "chosen_text": "t", "reason": "rollout ..."}]
     d = diagnostics.diagnostics(progress, pairs, flow, zero, after=1)
     assert d["end_reasons"] == {"trained flow": {"eos": 1, "max_steps": 1}, "untrained flow": {"eos": 1, "stop": 1}}
     assert d["stopped_correct"] == {"trained flow": 0, "untrained flow": 0}  # b: stopped, wrong
@@ -52,13 +53,35 @@ def test_diagnostics_count_only_examples_after_the_first_step():
     assert d["untrained_flow_vs_zero_shot"]["strict_prefix"] == 2  # all of the baseline files, not only `after`
     assert d["stop_pairs"] == {"chosen_yes": 0, "chosen_no": 0, "chosen_no_as_stopping_gave_no_answer": 0}
     assert diagnostics.describe(d)[0].startswith("  Stop pairs: chosen Yes 0")
+    assert d["rollout_outcomes"]["from_wrong"] == {"rollouts": 1, "went_right": 1}  # all of progress
 
 
-@pytest.mark.parametrize("run", sorted(p.parent.name for p in (ROOT / "runs").glob("*/pairs.jsonl")))
-def test_committed_runs_keep_their_stop_pair_counts(run):
-    """The committed pairs.jsonl files predate the structured fields: their reason text still gives the counts
-    their summary.json holds."""
+def test_rollout_outcomes_count_flips_from_right_and_from_wrong():
+    progress = [{"correct": True, "n_rollouts": 4, "rollouts_correct": 3},  # one went wrong
+                {"correct": False, "n_rollouts": 2, "rollouts_correct": 2},  # both went right
+                {"correct": False, "n_rollouts": 0, "rollouts_correct": 0}]
+    pairs = [{"role": "answer", "node": 1}, {"role": "answer", "node": 0}, {"role": "answer", "node": 0},
+             {"role": "stop", "node": 3}]
+    r = diagnostics.rollout_outcomes(progress, pairs)
+    assert r == {"rollouts": 6, "from_right": {"rollouts": 4, "went_wrong": 1},
+                 "from_wrong": {"rollouts": 2, "went_right": 2}, "answer_pairs_by_node": {"0": 2, "1": 1}}
+    d = {"stop_pairs": diagnostics.stop_pairs([]), "rollout_outcomes": r,
+         "trained_vs_untrained": {"n": 0}, "untrained_flow_vs_zero_shot": {"n": 0}}
+    assert ("  rollouts: 6, outcome flipped in 3 (50.0%): right -> wrong 1 of 4, wrong -> right 2 of 2; "
+            "Answer pairs by node {'0': 2, '1': 1}") in diagnostics.describe(d)
+
+
+@pytest.mark.parametrize("run", sorted(p.parent.name for p in (ROOT / "runs").glob("*/summary.json")))
+def test_committed_runs_keep_their_pair_counts(run):
+    """The counts a committed summary.json holds come again from its pairs.jsonl (the older files predate the
+    structured fields: their reason text gives the Stop counts) and, for the Answer pairs, from progress.jsonl."""
     pairs = read_jsonl(ROOT / "runs" / run / "pairs.jsonl")
     summary = json.loads((ROOT / "runs" / run / "summary.json").read_text())
-    assert pairs and all("counterfactual" not in p for p in pairs)
+    assert pairs
     assert diagnostics.stop_pairs(pairs) == summary["diagnostics"]["stop_pairs"]
+    progress = read_jsonl(ROOT / "runs" / run / "progress.jsonl")
+    flips = diagnostics.rollout_outcomes(progress, pairs)
+    answer_pairs = sum(p["role"] == "answer" for p in pairs)
+    assert answer_pairs == sum(p["n_answer_pairs"] for p in progress) == sum(flips["answer_pairs_by_node"].values())
+    # a pair exists where a rollout's correctness flipped (unless the sampler could not leave the original chunk)
+    assert answer_pairs <= flips["from_right"]["went_wrong"] + flips["from_wrong"]["went_right"]

@@ -25,5 +25,7 @@ def test_paired_difference_and_mcnemar_hand_values():
     same = stats.paired_difference(a, a)
     assert same["difference"] == 0.0 and same["ci95"] == [0.0, 0.0] and same["p_value"] == 1.0
     assert stats.paired_difference([], [])["n"] == 0
+    few = stats.paired_difference([True, True, False, True], [False, False, True, False])  # 3 vs 1 of 4: Wald > 1
+    assert few["difference"] == pytest.approx(0.5) and few["ci95"][1] == 1.0 and -1.0 < few["ci95"][0] < 0.5
     with pytest.raises(ValueError):
         stats.paired_difference([True], [True, False])

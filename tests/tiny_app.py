@@ -31,11 +31,25 @@ def _fake_run(run):
                                         for i, c in zip(ids, correct)))
 
 
+def _fake_heldout(results, run_dir):
+    """A held-out table.json of ``run_dir`` as ``python -m flowcore heldout`` writes it (3 models, 4 problems)."""
+    from flowcore.online import heldout
+
+    correct = {"trained_flow": [1, 1, 0, 1], "untrained_flow": [1, 0, 0, 0], "zero_shot": [0, 0, 1, 0]}
+    outcomes = {"gsm8k-test": {m: [bool(c) for c in cs] for m, cs in correct.items()}}
+    cells = {"gsm8k-test": {m: heldout.cell([{"correct": bool(c), "extracted": "1", "n_tokens": 30 + i}
+                                             for i, c in enumerate(cs)], seconds=8.0) for m, cs in correct.items()}}
+    results.mkdir(parents=True)
+    (results / "table.json").write_text(json.dumps({"command": f"python -m flowcore heldout --run {run_dir}",
+                                                    "settings": {"run": str(run_dir), "model": "tiny"},
+                                                    **heldout.table(outcomes, cells)}))
+
+
 def serve_tiny_app(root: Path):
     """Launch the app on a tiny model with files under ``root``; returns (app, url, service).
 
     ``root`` gets: one SFT adapter (ground truth; the other two missing), a run
-    without files and a run with chart files, and a results table.
+    without files and a run with chart files and a held-out table, and a compile results table.
     """
     from demo.services import DemoConfig, DemoService
     from demo.ui import build_app, launch_kwargs
@@ -44,6 +58,7 @@ def serve_tiny_app(root: Path):
     _sft_adapter(tok, root / "results" / "cpu" / "sft" / "ground_truth")
     (root / "runs" / "empty-run").mkdir(parents=True)
     _fake_run(root / "runs" / "tiny-run")
+    _fake_heldout(root / "results" / "tiny-run", root / "runs" / "tiny-run")
     (root / "results" / "cpu" / "table.json").write_text(
         json.dumps({"rows": [{"model": "tiny-test-row", "0-shot": 12.5}]}))
     cfg = DemoConfig(model="tiny", results_dir=str(root / "results" / "cpu"), results_root=str(root / "results"),

@@ -13,6 +13,8 @@ puts them in ``summary.json`` under ``diagnostics``:
 - ``trained_vs_untrained``: on those examples, where the trained flow is right and
   the untrained one wrong (wins) and the reverse (losses), and how many of each
   had the untrained flow stopped by its Stop LLM.
+- ``rollout_outcomes``: how often an Answer rollout's answer flipped from right to
+  wrong or wrong to right, and at which nodes (rollout diversity).
 - ``untrained_flow_vs_zero_shot``: whether the untrained flow's completion is the
   zero-shot one, a strict prefix of it (a Stop LLM can only cut the text short), or
   other text; answers the prefixes lost and gained.
@@ -67,6 +69,22 @@ def flow_vs_zero_shot(flow: dict[str, dict], zero_shot: dict[str, dict]) -> dict
             "prefix_gained": sum(flow[i]["correct"] and not zero_shot[i]["correct"] for i in prefix)}
 
 
+def rollout_outcomes(progress: list[dict], pairs: list[dict]) -> dict:
+    """Rollout diversity (the paper's open question): how often an Answer rollout's outcome differs from the
+    original flow's. Its chunk always differs (the sampler is told to avoid the original chunk), so what is
+    counted is whether the answer's correctness flipped, from right and from wrong originals, and at which
+    node the flips (= the Answer pairs) happened."""
+    from_right = [p for p in progress if p["correct"]]
+    from_wrong = [p for p in progress if not p["correct"]]
+    by_node = Counter(p["node"] for p in pairs if p["role"] == "answer")
+    return {"rollouts": sum(p["n_rollouts"] for p in progress),
+            "from_right": {"rollouts": sum(p["n_rollouts"] for p in from_right),
+                           "went_wrong": sum(p["n_rollouts"] - p["rollouts_correct"] for p in from_right)},
+            "from_wrong": {"rollouts": sum(p["n_rollouts"] for p in from_wrong),
+                           "went_right": sum(p["rollouts_correct"] for p in from_wrong)},
+            "answer_pairs_by_node": {str(k): by_node[k] for k in sorted(by_node)}}
+
+
 def diagnostics(progress: list[dict], pairs: list[dict], flow: list[dict], zero_shot: list[dict],
                 after: int) -> dict:
     """All of the above; ``after``: the first progress index predicted by updated adapters."""
@@ -77,6 +95,7 @@ def diagnostics(progress: list[dict], pairs: list[dict], flow: list[dict], zero_
             "stopped_correct": {name: sum(r["end_reason"] == STOPPED and bool(r["correct"]) for r in recs)
                                 for name, recs in (("trained flow", later), ("untrained flow", later_untrained))},
             "trained_vs_untrained": trained_vs_untrained(later, flow_by_id),
+            "rollout_outcomes": rollout_outcomes(progress, pairs),
             "untrained_flow_vs_zero_shot": flow_vs_zero_shot(flow_by_id, {r["problem_id"]: r for r in zero_shot})}
 
 
@@ -92,6 +111,13 @@ def describe(d: dict) -> list[str]:
                      f"{stopped['trained flow']}, untrained {stopped['untrained flow']} of {tu['n']}; trained vs untrained "
                      f"{tu['wins']} wins ({tu['wins_where_untrained_stopped']} where the untrained flow stopped), "
                      f"{tu['losses']} losses ({tu['losses_where_untrained_stopped']})")
+    r = d.get("rollout_outcomes")  # summaries written before it have none
+    if r and r["rollouts"]:
+        flipped = r["from_right"]["went_wrong"] + r["from_wrong"]["went_right"]
+        lines.append(f"  rollouts: {r['rollouts']}, outcome flipped in {flipped} ({100 * flipped / r['rollouts']:.1f}%): "
+                     f"right -> wrong {r['from_right']['went_wrong']} of {r['from_right']['rollouts']}, "
+                     f"wrong -> right {r['from_wrong']['went_right']} of {r['from_wrong']['rollouts']}; "
+                     f"Answer pairs by node {r['answer_pairs_by_node']}")
     if fz["n"]:
         lines.append(f"  untrained flow vs zero-shot text on {fz['n']}: identical {fz['identical']}, strict prefix "
                      f"{fz['strict_prefix']} (lost {fz['prefix_lost']}, gained {fz['prefix_gained']}), "
