@@ -10,9 +10,11 @@ record), so a resumed file's summary times all of it.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -25,6 +27,43 @@ def append_jsonl(path: str | Path, records: list[dict]) -> None:
             f.write(json.dumps(r) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+class Busy(RuntimeError):
+    """Another process holds the lock of a directory this one was to write to."""
+
+
+_LOCKS: dict[Path, object] = {}  # directory -> the open lock file, held until release() or the process ends
+
+
+def lock(directory: str | Path, name: str) -> None:
+    """Hold ``<directory>/<name>.lock`` exclusively for the rest of this process, so that two processes never
+    append to one run's files. The kernel drops the lock when the process ends, killed or not, so a stale lock
+    file never blocks anyone; it only names the last holder. Raises ``Busy`` naming the holder."""
+    directory = Path(directory).resolve()
+    if directory in _LOCKS:
+        return
+    f = open(directory / f"{name}.lock", "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "a process"
+        f.close()
+        raise Busy(f"{directory} is being written by another `{name}` ({holder}); wait for it to end, or stop it "
+                   f"(its work so far is kept) and run the command again") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+    f.flush()
+    _LOCKS[directory] = f
+
+
+def release(directory: str | Path) -> None:
+    """Drop a lock taken with ``lock`` (a process that ends drops it anyway)."""
+    f = _LOCKS.pop(Path(directory).resolve(), None)
+    if f is not None:
+        f.close()
 
 
 def write_jsonl_atomic(path: str | Path, records: list[dict]) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import tinyflow
-from flowcore import data, grading, stats
+from flowcore import data, grading, results, stats
 from flowcore.online import baselines, checkpoint, heldout, plots, sweep, train
 from flowcore.results import read_jsonl
 
@@ -285,6 +285,33 @@ def test_checkpoint_restores_every_generator_the_run_draws_from(tiny, tmp_path, 
     assert (position, elapsed) == (4, 1.5)
     assert random.random() == expected[0] and torch.equal(torch.rand(3), expected[1])
     assert cuda["set"] is not None and [s.tolist() for s in cuda["set"]] == [[1, 2], [3]]
+
+
+def test_a_run_written_by_another_process_is_refused(setup, capsys):
+    """Two `train` processes never append to one run: the second is refused, naming the first; the lock goes
+    with the process that held it, even when that one is killed."""
+    model, problems, tmp = setup
+    run = tmp / "locked"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from flowcore import results; "
+                               "results.lock(sys.argv[1], 'train'); print('held', flush=True); sys.stdin.read()",
+                               str(run)], cwd=ROOT, env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        argv = ["--model", model, "--data-file", problems, *SETTINGS, "--out", str(run), "--resume"]
+        assert train.main(argv) == 1
+        err = capsys.readouterr().err
+        assert f"is being written by another `train` (pid {holder.pid} on " in err and "run the command again" in err
+        assert (run / "config.json").read_text() == "{}"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train.main(argv) == 1  # the lock is free now: refused for the config it cannot use instead
+    err = capsys.readouterr().err
+    assert "being written" not in err and "config.json is not the config of a `python -m flowcore train` run" in err
+    results.lock(run, "train")  # and this process can take it
+    results.release(run)
 
 
 def test_resume_without_checkpoint_continues_from_the_exported_adapters(tiny, tmp_path):

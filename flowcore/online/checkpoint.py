@@ -55,6 +55,10 @@ class CheckpointError(ValueError):
 
 def check_resume(run: Path, config: dict, settings: dict, example_ids: list[str], runtime: dict, order: str) -> None:
     """Refuse to resume ``run`` (its ``config.json``: ``config``) with other settings, examples, dtype or device."""
+    missing = [k for k in ("settings", "example_ids") if not isinstance(config, dict) or k not in config]
+    if missing:
+        raise CheckpointError(f"{run}/config.json is not the config of a `python -m flowcore train` run (no "
+                              f"{' or '.join(missing)}); restore it from git, or start the run again in another --out")
     if config["settings"] != settings:
         diff = results.settings_diff(config["settings"], settings)
         raise CheckpointError(f"{run} was started with other settings {diff} (old, new); "

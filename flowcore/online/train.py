@@ -171,11 +171,13 @@ def prepare_run(args: argparse.Namespace, argv: list[str], problems: list, flow:
     if args.resume:
         if not config_path.is_file():
             raise TrainError(f"nothing to resume: {config_path} does not exist (drop --resume to start the run)")
+        results.lock(run, "train")
         check_resume(run, json.loads(config_path.read_text()), settings, [q.id for q in problems], runtime, order)
     else:
         if config_path.exists() or (run / PROGRESS).exists():
             raise TrainError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
         run.mkdir(parents=True, exist_ok=True)
+        results.lock(run, "train")
         config = {**results.provenance(settings, results.cli_command("train", argv)),
                   "runtime": runtime, "order": order, "example_ids": [q.id for q in problems]}
         results.write_json_atomic(config_path, config)
@@ -184,6 +186,13 @@ def prepare_run(args: argparse.Namespace, argv: list[str], problems: list, flow:
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
+    try:
+        return _main(args, argv)
+    finally:
+        results.release(args.out)  # the run's lock (prepare_run), held while this command writes to it
+
+
+def _main(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         procs = Processes(models.resolve_device(args.device))
         flow, dpo = flow_config(args), dpo_config(args)
@@ -202,7 +211,7 @@ def main(argv: list[str]) -> int:
         if kind == "vllm":  # the flows on vLLM, in the dtype the DPO model trains in
             engine = engines.open_engine(args.model, flow, dtype=str(net.dtype), device=str(procs.device),
                                          engine="vllm", seed=flow.seed, lora_rank=dpo.lora_r)
-    except (TrainError, data.DataError, models.ModelError, ValueError) as e:
+    except (TrainError, data.DataError, models.ModelError, results.Busy, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     procs.barrier()
