@@ -11,6 +11,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
 RUN=runs/online-dpo-2000
+# train holds $RUN/train.lock while it runs; the first process of this run (started 2026-12-01) predates the lock
+if pgrep -f -- "flowcore train .*--out $RUN" >/dev/null; then
+  echo "a train of $RUN is running already (pid $(pgrep -f -- "flowcore train .*--out $RUN" | head -1)): not starting another" >&2
+  exit 1
+fi
 resume=""
 [ -f "$RUN/config.json" ] && resume="--resume"
 $PY -m flowcore train --model qwen2.5-coder-0.5b-instruct --rollouts 1 --chunk-size 64 --dataset gsm8k \
