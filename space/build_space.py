@@ -4,7 +4,7 @@ The Space runs the same ``app.py`` as the repository. The folder gets:
   * ``app.py``, ``demo/``, ``flowcore/`` (with its data files), ``LICENSE`` if any;
   * ``README.md`` (the Space's YAML front matter) and ``requirements.txt`` from ``space/``;
   * the result files the app reads, where they exist: ``runs/*/`` (config,
-    progress and baseline JSONL, ``adapters/``) and ``results/*/table.json`` /
+    progress, pairs and baseline JSONL, ``adapters/``) and ``results/*/table.json`` /
     ``table.md`` and ``results/*/sft/*/`` adapters. Nothing is made up: what is
     missing here is missing there, and the app says which command makes it.
 Upload the folder with ``hf upload USER/SPACE_NAME DIR . --repo-type space``.
@@ -19,7 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = Path(__file__).resolve().parent
 CODE = ("app.py", "demo", "flowcore", "LICENSE")
-RUN_FILES = ("config.json", "progress.jsonl", "baseline_flow.jsonl", "baseline_zero_shot.jsonl", "adapters")
+# what the Training tab (chart) and the Flow tab (a run's real pairs) read
+RUN_FILES = ("config.json", "progress.jsonl", "pairs.jsonl", "baseline_flow.jsonl", "baseline_zero_shot.jsonl",
+             "adapters")
 RESULT_GLOBS = ("*/table.json", "*/table.md", "*/sft/*")
 SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "checkpoint.pt")
 

@@ -54,6 +54,7 @@ def test_build_copies_code_and_existing_results(tmp_path):
     (run / "adapters" / "answer").mkdir(parents=True)
     (run / "adapters" / "answer" / "adapter_config.json").write_text("{}")
     (run / "progress.jsonl").write_text('{"problem_id": "a", "correct": true}\n')
+    (run / "pairs.jsonl").write_text('{"index": 0}\n')
     (run / "checkpoint.pt").write_text("big")
     (root / "results" / "cpu").mkdir(parents=True)
     (root / "results" / "cpu" / "table.json").write_text("[]")
@@ -66,6 +67,7 @@ def test_build_copies_code_and_existing_results(tmp_path):
     assert (out / "demo" / "services.py").is_file() and (out / "flowcore" / "datafiles" / "gsm8k" / "test.jsonl").is_file()
     assert (out / "runs" / "r1" / "adapters" / "answer" / "adapter_config.json").is_file()
     assert (out / "runs" / "r1" / "progress.jsonl").is_file()
+    assert (out / "runs" / "r1" / "pairs.jsonl").is_file()  # the Flow tab's real pairs
     assert not (out / "runs" / "r1" / "checkpoint.pt").exists()  # training state stays home
     assert (out / "results" / "cpu" / "table.json").is_file()
     assert not (out / "results" / "cpu" / "per_problem.jsonl").exists()
