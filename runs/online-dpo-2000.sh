@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python}
 RUN=runs/online-dpo-2000
 # train holds $RUN/train.lock while it runs; the first process of this run (started 2026-12-01) predates the lock
-if pgrep -f -- "flowcore train .*--out $RUN" >/dev/null; then
-  echo "a train of $RUN is running already (pid $(pgrep -f -- "flowcore train .*--out $RUN" | head -1)): not starting another" >&2
+running=$(pgrep -f -- "flowcore train .*--out $RUN" | head -1 || true)
+if [ -n "$running" ]; then
+  echo "a train of $RUN is running already (pid $running): not starting another" >&2
   exit 1
 fi
 resume=""
