@@ -207,10 +207,14 @@ def test_tiny_pipeline_end_to_end(tmp_path, one_thread, capsys):
         compile=CompileConfig(batch_size=4, micro_batch=2, epochs=1, lora_r=4, lora_alpha=4),
     )
     pipe = pipeline.Pipeline(cfg, "python -m flowcore reproduce --preset test", dtype="float32")
-    pipe.run(pipeline.STAGES[:-2])
+    pipe.run(pipeline.STAGES[:-3])
     out = tmp_path / "results"
+    # stage sft split by rows: a process trains only its sources' adapters
+    pipeline.Pipeline(cfg, "x", rows=("ground_truth",), dtype="float32").sft()
+    assert sorted(p.name for p in (out / "sft").iterdir()) == ["ground_truth"]
+    pipe.sft()
     # stage eval split between two processes: each writes only its rows and sets; the full run fills in the rest
-    pipeline.Pipeline(cfg, "x", eval_rows=("zero_shot", "flow_generated"), eval_sets=("gsm8k-problems-first4",),
+    pipeline.Pipeline(cfg, "x", rows=("zero_shot", "flow_generated"), eval_sets=("gsm8k-problems-first4",),
                        dtype="float32").eval()
     made = sorted(str(p.relative_to(out / "eval")) for p in (out / "eval").rglob("*.jsonl"))
     assert made == ["flow_generated/gsm8k-problems-first4.jsonl", "zero_shot/gsm8k-problems-first4.jsonl"]
@@ -225,7 +229,7 @@ def test_tiny_pipeline_end_to_end(tmp_path, one_thread, capsys):
                           **{k: v for k, v in meta["settings"].items() if k != "model"})
     # a file started in one dtype is not continued in another (its records would mix two models' numerics)
     with pytest.raises(pipeline.ReproduceError, match="started in torch.float32.*--dtype float32"):
-        pipeline.Pipeline(cfg, "x", eval_rows=("zero_shot",), eval_sets=("gsm8k-problems-first4",),
+        pipeline.Pipeline(cfg, "x", rows=("zero_shot",), eval_sets=("gsm8k-problems-first4",),
                            dtype="bfloat16").eval()
     pipe.run(("eval", "table"))
     assert json.loads((out / "traces" / "prompts.json").read_text())["order"] == cfg.prompt_order == "sample-v1"

@@ -33,15 +33,16 @@ class ReproduceError(ValueError):
 
 class Pipeline:
     def __init__(self, cfg: ReproduceConfig, command: str, flow_adapters: str | None = None,
-                 eval_rows: tuple[str, ...] = evaluate.MODELS, eval_sets: tuple[str, ...] | None = None,
+                 rows: tuple[str, ...] = evaluate.MODELS, eval_sets: tuple[str, ...] | None = None,
                  dtype: str = "auto", engine: str = "auto"):
         self.cfg, self.command = cfg, command
         # a run-time choice like the thread count (recorded in each file's ``runtime``, not in the settings):
         # "auto" is bf16 on AVX512-BF16/AMX CPUs and fp32 elsewhere, so pin it to extend a run on another machine
         self.dtype = dtype
         self.engine = engines.choose(engine)  # hf or vllm (recorded in the settings of the files it makes)
-        # stage eval's subset: several processes (or machines) can split the evaluation between them
-        self.eval_rows = eval_rows
+        # the table's rows stages sft and eval make (several processes or machines can split the work between
+        # them), and stage eval's evaluation sets
+        self.rows = rows
         self.eval_sets = [es for es in cfg.eval_sets if eval_sets is None or es.name in eval_sets]
         self.out = Path(cfg.out)
         self.explicit_flow = flow_adapters is not None
@@ -193,7 +194,7 @@ class Pipeline:
     def sft(self) -> None:
         sdir = self.out / "sft_data"
         net = tok = None
-        for source in traces.SOURCES:
+        for source in (s for s in traces.SOURCES if s in self.rows):
             target = self.out / "sft" / source
             if (target / "adapter_config.json").is_file():
                 print(f"[sft] {source}: done ({target})")
@@ -216,7 +217,7 @@ class Pipeline:
 
         One engine serves every row: each SFT adapter is loaded under its row's name (``single_model_config``
         makes it the Answer role); a row whose adapter is missing stops the stage when its turn comes."""
-        rows = [r for r in evaluate.MODELS if r in self.eval_rows]
+        rows = [r for r in evaluate.MODELS if r in self.rows]
         sft_dirs = {row: self.out / "sft" / row for row in rows if row != evaluate.ZERO_SHOT}
         engine = self.open_engine({row: d for row, d in sft_dirs.items() if (d / "adapter_config.json").is_file()})
         for row in rows:

@@ -54,8 +54,8 @@ def main(argv: list[str]) -> int:
                    help="use these trained flow adapters (answer/, stop/) instead of the preset's run; "
                         "then stage flow-dpo is skipped")
     p.add_argument("--rows", default=",".join(evaluate.MODELS),
-                   help="stage eval: comma-separated subset of the table's rows (default: all); two processes "
-                        "with disjoint subsets split the evaluation (at one thread each, on a 2-core CPU)")
+                   help="stages sft and eval: comma-separated subset of the table's rows (default: all); two "
+                        "processes with disjoint subsets split the work (at one thread each, on a 2-core CPU)")
     p.add_argument("--eval-sets", default=None,
                    help="stage eval: comma-separated subset of the preset's evaluation sets, by name "
                         "(e.g. gsm8k-test-first100; default: all)")
