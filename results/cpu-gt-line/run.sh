@@ -43,9 +43,10 @@ rows = {"new_format": out / "eval/ground_truth", "old_format": Path("results/cpu
         "zero_shot": Path("results/cpu/eval/zero_shot")}
 report = {}
 for name in ("gsm8k-test-first100", "math-test500-first50"):
-    recs = {k: results.read_jsonl(d / f"{name}.jsonl") for k, d in rows.items()}
-    ids = [r["problem_id"] for r in recs["old_format"]]
-    assert all([r["problem_id"] for r in v] == ids for v in recs.values()), f"{name}: other problems"
+    by_id = {k: {r["problem_id"]: r for r in results.read_jsonl(d / f"{name}.jsonl")} for k, d in rows.items()}
+    ids = sorted(by_id["old_format"])
+    assert all(sorted(v) == ids for v in by_id.values()), f"{name}: the files hold other problems"
+    recs = {k: [v[i] for i in ids] for k, v in by_id.items()}  # one problem order (files are in finishing order)
     right = {k: [r["correct"] for r in v] for k, v in recs.items()}
     report[name] = {
         "cells": {k: {**stats.accuracy(right[k]), "answered": sum(r["extracted"] is not None for r in v),
