@@ -20,6 +20,7 @@ out = Path(sys.argv[1]) / "sft_data"
 old = results.read_jsonl("results/cpu/sft_data/ground_truth.jsonl")
 pools = {d: {p.id: p for p in load_problems(d, "train", "local", None)} for d in {r["dataset"] for r in old}}
 new = [{**r, "completion": traces.ground_truth_text(pools[r["dataset"]][r["problem_id"]])} for r in old]
+changed = sum(a["completion"] != b["completion"] for a, b in zip(old, new))
 out.mkdir(parents=True, exist_ok=True)
 if (out / "ground_truth.jsonl").is_file():
     assert results.read_jsonl(out / "ground_truth.jsonl") == new, f"{out} holds other traces"
@@ -27,9 +28,8 @@ else:
     results.write_jsonl_atomic(out / "ground_truth.jsonl", new)
     results.write_json_atomic(out / "made.json", results.provenance(
         {"from": "results/cpu/sft_data/ground_truth.jsonl", "traces": "flowcore.compile.traces.ground_truth_text",
-         "changed": sum(a["completion"] != b["completion"] for a, b in zip(old, new)), "traces_total": len(new)},
-        "bash results/cpu-gt-line/run.sh"))
-print(f"[gt-line] {len(new)} traces, {sum(a['completion'] != b['completion'] for a, b in zip(old, new))} changed")
+         "changed": changed, "traces_total": len(new)}, "bash results/cpu-gt-line/run.sh"))
+print(f"[gt-line] {len(new)} traces, {changed} changed")
 PYEOF
 "$PY" -m flowcore reproduce --preset cpu --out "$OUT" --stages sft,eval --rows ground_truth --engine hf \
     --dtype float32
@@ -37,6 +37,7 @@ PYEOF
 import sys
 from pathlib import Path
 from flowcore import results, stats
+from flowcore.eval import evaluate
 
 out = Path(sys.argv[1])
 rows = {"new_format": out / "eval/ground_truth", "old_format": Path("results/cpu/eval/ground_truth"),
@@ -49,8 +50,7 @@ for name in ("gsm8k-test-first100", "math-test500-first50"):
     recs = {k: [v[i] for i in ids] for k, v in by_id.items()}  # one problem order (files are in finishing order)
     right = {k: [r["correct"] for r in v] for k, v in recs.items()}
     report[name] = {
-        "cells": {k: {**stats.accuracy(right[k]), "answered": sum(r["extracted"] is not None for r in v),
-                      "ended_turn_without_answer": sum(r["end_reason"] == "eos" and r["extracted"] is None
+        "cells": {k: {**evaluate.cell(v), "ended_turn_without_answer": sum(r["end_reason"] == "eos" and r["extracted"] is None
                                                        for r in v)} for k, v in recs.items()},
         "new_vs_old": stats.paired_difference(right["new_format"], right["old_format"]),
         "new_vs_zero_shot": stats.paired_difference(right["new_format"], right["zero_shot"]),
