@@ -5,7 +5,8 @@ The Space runs the same ``app.py`` as the repository. The folder gets:
   * ``README.md`` (the Space's YAML front matter) and ``requirements.txt`` from ``space/``;
   * the result files the app reads, where they exist: ``runs/*/`` (config,
     progress, pairs and baseline JSONL, ``adapters/``) and ``results/*/table.json`` /
-    ``table.md`` and ``results/*/sft/*/`` adapters. Nothing is made up: what is
+    ``table.md``, and the SFT adapters of the app's Compare tab (``<DemoConfig.results_dir>/sft/*/``; other
+    results' adapters stay home). Nothing is made up: what is
     missing here is missing there, and the app says which command makes it.
 Upload the folder with ``hf upload USER/SPACE_NAME DIR . --repo-type space``.
 """
@@ -18,11 +19,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+from demo.services import DemoConfig  # noqa: E402
+
 CODE = ("app.py", "demo", "flowcore", "LICENSE")
 # what the Training tab (chart) and the Flow tab (a run's real pairs) read
 RUN_FILES = ("config.json", "progress.jsonl", "pairs.jsonl", "baseline_flow.jsonl", "baseline_zero_shot.jsonl",
              "adapters")
-RESULT_GLOBS = ("*/table.json", "*/table.md", "*/sft/*")
+RESULT_GLOBS = ("results/*/table.json", "results/*/table.md", f"{DemoConfig.results_dir}/sft/*")
 SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "checkpoint.pt")
 
 
@@ -56,7 +60,7 @@ def build(out: Path, root: Path = ROOT, with_results: bool = True) -> list[Path]
                 if (run / name).exists():
                     _copy(run / name, out / "runs" / run.name / name)
         for pattern in RESULT_GLOBS:
-            for path in sorted((root / "results").glob(pattern)):
+            for path in sorted(root.glob(pattern)):
                 _copy(path, out / path.relative_to(root))
     return copied
 

@@ -59,6 +59,9 @@ def test_build_copies_code_and_existing_results(tmp_path):
     (root / "results" / "cpu").mkdir(parents=True)
     (root / "results" / "cpu" / "table.json").write_text("[]")
     (root / "results" / "cpu" / "per_problem.jsonl").write_text("{}\n")
+    for results in ("cpu", "cpu-gt-line"):  # the app's Compare tab reads results/cpu/sft only (DemoConfig)
+        (root / "results" / results / "sft" / "ground_truth").mkdir(parents=True)
+        (root / "results" / results / "sft" / "ground_truth" / "adapter_config.json").write_text("{}")
 
     out = tmp_path / "space"
     build_space.build(out, root=root)
@@ -71,6 +74,8 @@ def test_build_copies_code_and_existing_results(tmp_path):
     assert not (out / "runs" / "r1" / "checkpoint.pt").exists()  # training state stays home
     assert (out / "results" / "cpu" / "table.json").is_file()
     assert not (out / "results" / "cpu" / "per_problem.jsonl").exists()
+    assert (out / "results" / "cpu" / "sft" / "ground_truth" / "adapter_config.json").is_file()
+    assert not (out / "results" / "cpu-gt-line").exists()  # adapters the app does not load stay home
     assert not list(out.rglob("__pycache__"))
 
     with pytest.raises(ValueError, match="refusing"):
