@@ -17,6 +17,7 @@ import shlex
 import socket
 import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 
@@ -92,6 +93,17 @@ def save_torch_atomic(path: str | Path, obj) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def recorded_settings(config, added_later: dict) -> dict:
+    """A config dataclass's fields as results files record them: a field added after files were committed is
+    left out while it holds its default (``added_later``: name -> default), so those files still resume and
+    compare equal."""
+    out = asdict(config)
+    for name, default in added_later.items():
+        if out[name] == default:
+            del out[name]
+    return out
 
 
 def settings_diff(old: dict, new: dict) -> dict:

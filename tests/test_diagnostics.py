@@ -51,7 +51,8 @@ def test_diagnostics_count_only_examples_after_the_first_step():
     assert "ended by the Stop LLM: trained 2 (2 right), untrained 2 (0 right) of 2" in diagnostics.describe(later)[1]
     assert (d["trained_vs_untrained"]["wins"], d["trained_vs_untrained"]["wins_where_untrained_stopped"]) == (1, 1)
     assert d["untrained_flow_vs_zero_shot"]["strict_prefix"] == 2  # all of the baseline files, not only `after`
-    assert d["stop_pairs"] == {"chosen_yes": 0, "chosen_no": 0, "chosen_no_as_stopping_gave_no_answer": 0}
+    assert d["stop_pairs"] == {"chosen_yes": 0, "chosen_no": 0, "chosen_no_as_stopping_gave_no_answer": 0,
+                               "chosen_yes_as_both_right": 0}
     assert diagnostics.describe(d)[0].startswith("  Stop pairs: chosen Yes 0")
     assert d["rollout_outcomes"]["from_wrong"] == {"rollouts": 1, "went_right": 1}  # all of progress
 
@@ -78,7 +79,8 @@ def test_committed_runs_keep_their_pair_counts(run):
     pairs = read_jsonl(ROOT / "runs" / run / "pairs.jsonl")
     summary = json.loads((ROOT / "runs" / run / "summary.json").read_text())
     assert pairs
-    assert diagnostics.stop_pairs(pairs) == summary["diagnostics"]["stop_pairs"]
+    # summaries from before --stop-ties have no count of its pairs: there were none
+    assert diagnostics.stop_pairs(pairs) == {"chosen_yes_as_both_right": 0, **summary["diagnostics"]["stop_pairs"]}
     progress = read_jsonl(ROOT / "runs" / run / "progress.jsonl")
     flips = diagnostics.rollout_outcomes(progress, pairs)
     answer_pairs = sum(p["role"] == "answer" for p in pairs)

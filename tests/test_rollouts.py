@@ -112,6 +112,41 @@ def test_stop_pairs_when_the_flow_stopped(engine):
     assert [p.node for p in stop_pairs(engine, capped, engine.trace(capped))] == [0, 1, 2]
 
 
+@pytest.mark.parametrize("stop_ties", ["none", "yes"])
+def test_stop_ties_decides_where_stopping_and_continuing_both_end_right(engine, stop_ties):
+    # the flow went on: node 0 no answer yet (No), node 1 already right and the flow ended right (a tie),
+    # node 2 right and right again (a tie); node 3 eos, no decision
+    went_on = make_state(engine, ["Step 1: 3 - 1.", " So \\boxed{2}.", " Check: \\boxed{2}.", " Done."],
+                         [0.2, 0.3, 0.4, None], "eos")
+    pairs = stop_pairs(engine, went_on, engine.trace(went_on), stop_ties=stop_ties)
+    ties = [p for p in pairs if p.node > 0]
+    assert [(p.node, p.chosen_text) for p in pairs if p.node == 0] == [(0, "No")]
+    if stop_ties == "none":
+        assert ties == []
+    else:
+        assert [(p.node, p.chosen_text, p.rejected_text) for p in ties] == [(1, "Yes", "No"), (2, "Yes", "No")]
+        assert all(p.chosen_correct and p.rejected_correct and "both right" in p.reason for p in ties)
+        assert (ties[0].chosen_extracted, ties[0].rejected_extracted) == ("2", "2")
+    # stopped right, continuing right too: a tie the same way; both wrong: never a pair
+    stopped_right = make_state(engine, ["So \\boxed{2}."], [0.9], "stop")
+    also_right = make_state(engine, ["So \\boxed{2}.", " Yes, \\boxed{2}."], [0.9, None], "eos")
+    tie = stop_pairs(engine, stopped_right, engine.trace(stopped_right), also_right, stop_ties)
+    assert [(p.chosen_text, p.counterfactual) for p in tie] == ([] if stop_ties == "none" else [("Yes", "continue")])
+    stopped_wrong = make_state(engine, ["So \\boxed{5}."], [0.9], "stop")
+    also_wrong = make_state(engine, ["So \\boxed{5}.", " \\boxed{7}."], [0.9, None], "eos")
+    assert stop_pairs(engine, stopped_wrong, engine.trace(stopped_wrong), also_wrong, stop_ties) == []
+    counts = diagnostics.stop_pairs([p.to_dict() for p in pairs + tie])
+    assert counts["chosen_yes_as_both_right"] == (0 if stop_ties == "none" else 3)
+
+
+def test_stop_ties_refuses_an_unknown_value(engine):
+    state = make_state(engine, ["So \\boxed{2}."], [0.9], "stop")
+    with pytest.raises(ValueError, match="stop_ties must be one of none, yes"):
+        stop_pairs(engine, state, engine.trace(state), stop_ties="always")
+    with pytest.raises(ValueError, match="stop_ties"):
+        explore_flows(engine, [state], stop_ties="always")
+
+
 # ---------------------------------------------------------------- explore on a model
 
 
@@ -201,7 +236,8 @@ def test_diagnostics_reads_the_stop_pairs_written_here(engine):
     assert [(p.chosen_text, p.chosen_extracted, p.rejected_extracted, p.counterfactual) for p in pairs] == [
         ("No", "2", None, "stop here"), ("No", "2", "5", "continue"), ("No", "2", None, "continue"),
         ("Yes", "2", "7", "continue")]
-    expected = {"chosen_yes": 1, "chosen_no": 3, "chosen_no_as_stopping_gave_no_answer": 2}
+    expected = {"chosen_yes": 1, "chosen_no": 3, "chosen_no_as_stopping_gave_no_answer": 2,
+                "chosen_yes_as_both_right": 0}
     assert diagnostics.stop_pairs([p.to_dict() for p in pairs]) == expected
     for p in pairs:  # the fields, not the prose, decide: a reworded reason changes nothing
         p.reason = "reworded"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -15,6 +16,7 @@ import torch
 
 import tinyflow
 from flowcore import data, grading, results, stats
+from flowcore.flow.generate import flow_config
 from flowcore.online import baselines, checkpoint, heldout, plots, sweep, train
 from flowcore.results import read_jsonl
 
@@ -417,6 +419,39 @@ def test_committed_runs_keep_the_order_they_were_drawn_in(config_path, tmp_path)
     with pytest.raises(checkpoint.CheckpointError, match="example_ids"):
         checkpoint.check_resume(run, config, config["settings"], config["example_ids"][::-1],
                                 {"dtype": "torch.float32", "device": "cpu"}, order)
+
+
+@pytest.mark.parametrize("config_path", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("runs/**/config.json")))
+def test_committed_runs_resume_with_the_settings_this_code_records(config_path):
+    """A field added to FlowConfig or OnlineDPOConfig after a run was committed (stop_at_eos, stop_ties) must not
+    stop its --resume: the recorded command, parsed by today's code, gives the recorded settings."""
+    config = json.loads((ROOT / config_path).read_text())
+    args = train.parse(shlex.split(config["command"])[4:])  # after "python -m flowcore train"
+    assert flow_config(args).settings() == config["settings"]["flow"]
+    assert train.dpo_config(args).settings() == config["settings"]["dpo"]
+
+
+def test_stop_ties_reaches_the_pairs(setup, one_thread, monkeypatch):
+    model, problems, tmp = setup
+    seen, real = [], train.explore
+    monkeypatch.setattr(train, "explore", lambda *a: seen.append(a[-1]) or real(*a))
+    run = tmp / "ties"
+    assert train.main(["--model", model, "--data-file", problems, *SETTINGS[:3], "2", *SETTINGS[4:],
+                       "--stop-ties", "yes", "--out", str(run)]) == 0
+    assert seen == ["yes"]
+    assert json.loads((run / "config.json").read_text())["settings"]["dpo"]["stop_ties"] == "yes"
+
+
+def test_stop_ties_is_a_setting_recorded_only_when_set(capsys):
+    """--stop-ties (ours) joins the recorded dpo settings only when it is not the default, and a wrong value is
+    refused before anything loads."""
+    assert "stop_ties" not in train.dpo_config(train.parse(["--examples", "1", "--out", "r"])).settings()
+    assert train.dpo_config(train.parse(["--examples", "1", "--out", "r", "--stop-ties", "yes"])).settings()["stop_ties"] == "yes"
+    with pytest.raises(SystemExit):
+        train.parse(["--examples", "1", "--out", "r", "--stop-ties", "always"])
+    assert "invalid choice" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="stop_ties must be one of none, yes"):
+        train.OnlineDPOConfig(stop_ties="always").check()
 
 
 def test_heldout_compares_the_trained_flow_with_both_baselines(setup, one_thread, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+from flowcore import results
 from flowcore.data import Problem
 
 
@@ -27,13 +28,8 @@ class FlowConfig:
     stop_at_eos: bool = False
 
     def settings(self) -> dict:
-        """The fields as results files record them: a field added after files were committed is left out
-        while it holds its default, so those files still resume and compare equal (``ADDED_LATER``)."""
-        out = asdict(self)
-        for name, default in ADDED_LATER.items():
-            if out[name] == default:
-                del out[name]
-        return out
+        """The fields as results files record them (``results.recorded_settings``, ``ADDED_LATER``)."""
+        return results.recorded_settings(self, ADDED_LATER)
 
 
 ADDED_LATER = {"stop_at_eos": False}  # FlowConfig fields added after results were committed, with their defaults

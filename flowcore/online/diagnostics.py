@@ -4,8 +4,9 @@ Counts only, from the committed files (``pairs.jsonl``, ``progress.jsonl``,
 ``baseline_flow.jsonl``, ``baseline_zero_shot.jsonl``); ``python -m flowcore plot``
 puts them in ``summary.json`` under ``diagnostics``:
 
-- ``stop_pairs``: Stop pairs by chosen label, and how many chose "No" because
-  stopping there gave (or would give) no answer at all.
+- ``stop_pairs``: Stop pairs by chosen label, how many chose "No" because
+  stopping there gave (or would give) no answer at all, and how many chose "Yes"
+  where continuing was right too (``--stop-ties yes``).
 - ``end_reasons``: how the flows ended (``eos``: the Answer LLM ended its turn;
   ``stop``: the Stop LLM said Yes; ``max_steps``), trained vs untrained, on the
   examples predicted after the first DPO step; ``stopped_correct``: how many of
@@ -38,9 +39,11 @@ def stopping_gave_no_answer(pair: dict) -> bool:
 
 def stop_pairs(pairs: list[dict]) -> dict:
     stop = [p for p in pairs if p["role"] == "stop"]
+    yes = [p for p in stop if p["chosen_text"] == "Yes"]
     no = [p for p in stop if p["chosen_text"] == "No"]
-    return {"chosen_yes": sum(p["chosen_text"] == "Yes" for p in stop), "chosen_no": len(no),
-            "chosen_no_as_stopping_gave_no_answer": sum(stopping_gave_no_answer(p) for p in no)}
+    return {"chosen_yes": len(yes), "chosen_no": len(no),
+            "chosen_no_as_stopping_gave_no_answer": sum(stopping_gave_no_answer(p) for p in no),
+            "chosen_yes_as_both_right": sum(bool(p.get("rejected_correct")) for p in yes)}
 
 
 def end_reasons(records: list[dict]) -> dict:
@@ -101,7 +104,8 @@ def diagnostics(progress: list[dict], pairs: list[dict], flow: list[dict], zero_
 
 def describe(d: dict) -> list[str]:
     s, tu, fz = d["stop_pairs"], d["trained_vs_untrained"], d["untrained_flow_vs_zero_shot"]
-    lines = [f"  Stop pairs: chosen Yes {s['chosen_yes']}, chosen No {s['chosen_no']} "
+    ties = f" ({s['chosen_yes_as_both_right']} where continuing was right too)" if s.get("chosen_yes_as_both_right") else ""
+    lines = [f"  Stop pairs: chosen Yes {s['chosen_yes']}{ties}, chosen No {s['chosen_no']} "
              f"({s['chosen_no_as_stopping_gave_no_answer']} as stopping gave no answer)"]
     if tu["n"]:
         right = d.get("stopped_correct", {})  # summaries written before it have no count of right stops

@@ -31,9 +31,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from flowcore import adapters
+from flowcore import adapters, results
 from flowcore.adapters import ROLES
-from flowcore.online.rollouts import Pair
+from flowcore.online.rollouts import Pair, check_stop_ties
 
 
 @dataclass
@@ -55,6 +55,14 @@ class OnlineDPOConfig:
     micro_batch: int = 4  # (ours) pairs per forward pass (memory only: the step is the same)
     checkpoint_every: int = 50  # (ours) examples between atomic checkpoints
     seed: int = 0  # (ours) example order, LoRA init and sampling
+    # (ours) a Stop decision where stopping and continuing both end right: "none" makes no pair (a tie, as for
+    # Answer pairs); "yes" makes a pair with "Yes" chosen (stop once the answer is there: the same answer for
+    # less compute). rollouts.stop_pairs; docs/method.md
+    stop_ties: str = "none"
+
+    def settings(self) -> dict:
+        """The fields as results files record them (``results.recorded_settings``, ``ADDED_LATER``)."""
+        return results.recorded_settings(self, ADDED_LATER)
 
     def check(self) -> None:
         for name in ("lr", "batch_pairs", "beta", "group_size", "micro_batch", "checkpoint_every"):
@@ -64,6 +72,10 @@ class OnlineDPOConfig:
             raise ValueError(f"rollouts must be >= 1, not {self.rollouts}")
         if self.rollout_temperature <= 0:
             raise ValueError("rollout_temperature must be > 0 (a rollout samples its new chunk)")
+        check_stop_ties(self.stop_ties)
+
+
+ADDED_LATER = {"stop_ties": "none"}  # OnlineDPOConfig fields added after runs were committed, with their defaults
 
 
 # ---------------------------------------------------------------- the loss

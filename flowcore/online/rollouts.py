@@ -28,7 +28,12 @@ steps 2-4, on flows already run: the app explores the flow it has shown):
    If the two outcomes differ in correctness, the decision that led to the
    correct one is chosen ("Yes" = stop, "No" = continue; the first token of
    each, as the Stop LLM reads them). Only the original trace's decisions
-   make Stop pairs, not the rollouts' own decisions (ours).
+   make Stop pairs, not the rollouts' own decisions (ours). Where both end
+   right, ``stop_ties`` decides (ours): ``"none"`` (default) makes no pair,
+   like any tie; ``"yes"`` chooses "Yes" (the same right answer, sooner), so
+   the Stop LLM learns to stop once the answer is there, not only where
+   writing on would break it (its rejected side is then right too:
+   ``rejected_correct`` true). Where both end wrong there is never a pair.
    Where the Answer LLM ended its turn there is a Stop decision only with
    ``FlowConfig.stop_at_eos`` (ours); its counterfactuals are the same: a flow
    that wrote on is graded as it stood at the end of that turn, and a flow
@@ -55,6 +60,8 @@ from dataclasses import dataclass
 from flowcore import grading
 from flowcore.data import Problem
 from flowcore.flow.engine import FlowEngine, FlowState, Trace
+
+STOP_TIES = ("none", "yes")  # what a Stop decision with both sides right makes (OnlineDPOConfig.stop_ties)
 
 
 @dataclass
@@ -108,23 +115,23 @@ def _outcome(extracted: str | None, correct: bool) -> str:
 
 
 def explore(engine: FlowEngine, problems: list[Problem], rollouts: int = 1,
-            temperature: float = 1.0) -> list[Exploration]:
+            temperature: float = 1.0, stop_ties: str = "none") -> list[Exploration]:
     """Flow, rollouts and DPO pairs for each problem (same order as ``problems``)."""
-    _check_rollouts(rollouts)
+    _check(rollouts, stop_ties)
     originals = [FlowState(p) for p in problems]
     for _ in engine.run(originals):
         pass
-    return explore_flows(engine, originals, rollouts, temperature)
+    return explore_flows(engine, originals, rollouts, temperature, stop_ties=stop_ties)
 
 
 def explore_flows(engine: FlowEngine, originals: list[FlowState], rollouts: int = 1, temperature: float = 1.0,
-                  traces: list[Trace] | None = None) -> list[Exploration]:
+                  traces: list[Trace] | None = None, stop_ties: str = "none") -> list[Exploration]:
     """Steps 2-4 on finished flows: their rollouts and DPO pairs (same order as ``originals``).
 
     ``traces``: the flows' traces if the caller already has them (else ``engine.trace``).
     The app explores the flow it has just shown with this, so its pairs are the ones training makes.
     """
-    _check_rollouts(rollouts)
+    _check(rollouts, stop_ties)
     traces = [engine.trace(s) for s in originals] if traces is None else traces
 
     # Answer rollouts: (flow index, node, branch), the new chunk must differ from the original's.
@@ -151,13 +158,19 @@ def explore_flows(engine: FlowEngine, originals: list[FlowState], rollouts: int 
 
     continued = {i: b for i, _, b in continue_branches}
     for i, (s, trace) in enumerate(zip(originals, traces)):
-        explorations[i].pairs.extend(stop_pairs(engine, s, trace, continued.get(i)))
+        explorations[i].pairs.extend(stop_pairs(engine, s, trace, continued.get(i), stop_ties))
     return explorations
 
 
-def _check_rollouts(rollouts: int) -> None:
+def _check(rollouts: int, stop_ties: str) -> None:
     if rollouts < 0:
         raise ValueError(f"rollouts must be >= 0, not {rollouts}")
+    check_stop_ties(stop_ties)
+
+
+def check_stop_ties(stop_ties: str) -> None:
+    if stop_ties not in STOP_TIES:
+        raise ValueError(f"stop_ties must be one of {', '.join(STOP_TIES)}, not {stop_ties!r}")
 
 
 def answer_pair(engine: FlowEngine, original: FlowState, trace: Trace, k: int,
@@ -185,8 +198,10 @@ def answer_pair(engine: FlowEngine, original: FlowState, trace: Trace, k: int,
 
 
 def stop_pairs(engine: FlowEngine, state: FlowState, trace: Trace,
-               continued: FlowState | None = None) -> list[Pair]:
-    """Stop pairs of one finished flow; ``continued`` is its "continue" counterfactual if it stopped."""
+               continued: FlowState | None = None, stop_ties: str = "none") -> list[Pair]:
+    """Stop pairs of one finished flow; ``continued`` is its "continue" counterfactual if it stopped;
+    ``stop_ties`` (``STOP_TIES``) what a decision with both sides right makes."""
+    check_stop_ties(stop_ties)
     yes_id, no_id = engine.yes_id, engine.no_id
     problem, pairs = state.problem, []
     for k, chunk in enumerate(state.chunks):
@@ -208,16 +223,19 @@ def stop_pairs(engine: FlowEngine, state: FlowState, trace: Trace,
                     f"continuing would give {_outcome(g.extracted, g.correct)}")
         else:
             continue  # the flow had to end here anyway (max_steps): both decisions give one answer
-        if stop_ok == go_ok:
+        tie = stop_ok and go_ok and stop_ties == "yes"  # both right: stopping gives the same answer, sooner
+        if stop_ok == go_ok and not tie:
             continue
         yes, no = (yes_id, "Yes", stop_answer), (no_id, "No", go_answer)
         chosen, rejected = (yes, no) if stop_ok else (no, yes)
+        if tie:
+            what += "; both right, stopping is chosen (stop_ties yes)"
         pairs.append(Pair(
             example_id=problem.id, role="stop", node=k,
             prompt_ids=engine.stop_prompt_ids(problem, partial),
             chosen_ids=[chosen[0]], rejected_ids=[rejected[0]],
             chosen_text=chosen[1], rejected_text=rejected[1],
-            chosen_correct=True, rejected_correct=False, reason=what,
+            chosen_correct=True, rejected_correct=tie, reason=what,
             chosen_extracted=chosen[2], rejected_extracted=rejected[2], counterfactual=played,
         ))
     return pairs

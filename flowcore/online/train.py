@@ -66,7 +66,7 @@ from flowcore.flow import engines
 from flowcore.flow.engine import FlowConfig, FlowEngine
 from flowcore.flow.generate import add_flow_args, flow_config
 from flowcore.online.processes import Processes
-from flowcore.online.rollouts import explore
+from flowcore.online.rollouts import STOP_TIES, explore
 
 PROGRESS, PAIRS, CONFIG = "progress.jsonl", "pairs.jsonl", "config.json"
 KILL_ENV = "FLOWCORE_KILL_AFTER"  # testing: SIGKILL this process after it wrote this many progress lines
@@ -122,7 +122,11 @@ def load_problems(dataset: str, split: str, source: str = "local", data_file: st
 def add_dpo_args(p: argparse.ArgumentParser) -> None:
     """OnlineDPOConfig fields as --flags (``--seed`` is shared with the flow)."""
     for f in fields(OnlineDPOConfig):
-        if f.name != "seed":
+        if f.name == "stop_ties":
+            p.add_argument("--stop-ties", choices=STOP_TIES, default=f.default,
+                           help="a Stop decision where stopping and continuing both end right: none = no pair "
+                                "(a tie); yes = a pair with Yes chosen (ours: stop once the answer is there)")
+        elif f.name != "seed":
             p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
 
 
@@ -162,7 +166,7 @@ def prepare_run(args: argparse.Namespace, argv: list[str], problems: list, flow:
     """Create the run directory, or check that --resume matches how it was started."""
     settings = {"model": args.model, "dataset": args.dataset, "split": args.split, "source": args.source,
                 "data_file": args.data_file, "examples": args.examples, "seed": dpo.seed, "world_size": procs.world,
-                "flow": flow.settings(), "dpo": asdict(dpo)}
+                "flow": flow.settings(), "dpo": dpo.settings()}
     if engine != "hf":
         settings["engine"] = engine  # runs without the field were made on hf (and resume there)
     runtime = {**results.runtime(net), "device": procs.device.type, "engine": engine}
@@ -266,7 +270,8 @@ def train(net, tok, problems: list[data.Problem], run: Path, flow: FlowConfig, d
         indices = list(range(position, min(n, position + round_size)))
         mine = indices[procs.rank * dpo.group_size:(procs.rank + 1) * dpo.group_size]
         engine.new_round()
-        explorations = explore(engine, [problems[i] for i in mine], dpo.rollouts, dpo.rollout_temperature)
+        explorations = explore(engine, [problems[i] for i in mine], dpo.rollouts, dpo.rollout_temperature,
+                               dpo.stop_ties)
         explore_seconds = procs.gather([round(time.time() - t0, 3)])  # per process: data-parallel balance
         found = procs.gather([(i, x) for i, x in zip(mine, explorations)])
         found.sort(key=lambda item: item[0])
