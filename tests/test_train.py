@@ -245,9 +245,29 @@ def test_sweep_table(setup, one_thread, capsys):
         cpu = sum(p["cpu_seconds"] for p in progress)
         assert cpu > 0 and row["cpu_seconds_per_example"] == round(cpu / 3, 1)
         assert row["pairs_per_cpu_hour"]["stop"] == round(len(stop) / (cpu / 3600), 1)
+    progress = {name: read_jsonl(run / "progress.jsonl") for name, run in runs.items()}
+    for name, row in rows.items():
+        assert row["ended_by_stop"] == [sum(p["end_reason"] == "stop" for p in progress[name]), 3]
+        assert row["tokens_per_example"] == round(sum(p["n_tokens"] for p in progress[name]) / 3, 1)
+    assert "minus_first_run" not in rows["lr1e-3"]
+    for name in ("lr1e-2", "chunk4"):  # the same stream: every example is paired with the first run's
+        a, b = ([p["correct"] for p in progress[x]] for x in (name, "lr1e-3"))
+        assert rows[name]["minus_first_run"] == {"run": str(runs["lr1e-3"]), **stats.paired_difference(a, b)}
     md = (out / "sweep.md").read_text()
     assert "| lr " in md.replace("chunk_size", "") and "| chunk_size |" in md and "no matching baseline" in md
+    assert "minus lr1e-3, points" in md and "n=3)" in md
     assert "sweep.md" in capsys.readouterr().out
+    # --examples: every run on its first N only; a run with fewer is refused with its count
+    assert sweep.main(["--runs", str(runs["lr1e-2"]), str(runs["lr1e-3"]), "--out", str(out / "two"),
+                       "--examples", "2"]) == 0
+    two = json.loads((out / "two" / "sweep.json").read_text())["rows"]
+    assert [r["examples"] for r in two] == [2, 2]
+    assert two[0]["trained"]["correct"] == sum(p["correct"] for p in progress["lr1e-2"][:2])
+    assert two[1]["minus_first_run"]["n"] == 2
+    assert sweep.main(["--runs", str(runs["lr1e-3"]), "--out", str(out / "four"), "--examples", "4"]) == 1
+    assert "has 3 examples, fewer than --examples 4" in capsys.readouterr().err
+    # a run on another stream has no example in common with the first
+    assert sweep.versus([{**progress["lr1e-2"][0], "problem_id": "elsewhere"}], progress["lr1e-3"])["n"] == 0
 
 
 class OneProcess:

@@ -26,7 +26,14 @@ the runs' files; nothing is trained or generated here. Per run:
   an adapter trained on earlier ones;
 - seconds and CPU seconds per example, and pairs per CPU-hour (the evidence a
   setting buys per unit of compute; CPU time, from 2026-11-30 on, is the
-  process's, all threads, so other load on the machine barely moves it).
+  process's, all threads, so other load on the machine barely moves it);
+- how many flows the Stop LLM ended (the others ran to ``max_steps`` or the
+  Answer LLM ended them) and the answer tokens per example;
+- every run after the first minus the first run, on the examples both predicted
+  (the common start of their streams): paired 95% interval, exact McNemar p.
+
+``--examples N`` compares every run on its first N examples only (a long run
+beside a short one on the short one's examples); a run with fewer is an error.
 
 It writes ``sweep.json`` and ``sweep.md`` (the table) into ``--out``.
 """
@@ -81,11 +88,29 @@ def find_baseline(run: Path, config: dict, done_ids: list[str], runs: list[Path]
     return None, {}
 
 
-def run_row(run: Path, runs: list[Path]) -> dict:
-    config = run_config(run)
+def run_progress(run: Path, examples: int | None = None) -> list[dict]:
+    """The run's ``progress.jsonl`` lines, the first ``examples`` of them if given."""
     progress = read_jsonl(run / "progress.jsonl")
     if not progress:
         raise ValueError(f"{run} has no progress yet")
+    if examples is not None and len(progress) < examples:
+        raise ValueError(f"{run} has {len(progress)} examples, fewer than --examples {examples}")
+    return progress[:examples]
+
+
+def versus(progress: list[dict], first: list[dict]) -> dict:
+    """``progress``'s accuracy minus ``first``'s on the common start of their streams (same problem ids in
+    the same order): paired difference with its 95% interval and exact McNemar p (``n`` 0 if none)."""
+    m = 0
+    while m < min(len(progress), len(first)) and progress[m]["problem_id"] == first[m]["problem_id"]:
+        m += 1
+    return stats.paired_difference([bool(p["correct"]) for p in progress[:m]],
+                                   [bool(p["correct"]) for p in first[:m]])
+
+
+def run_row(run: Path, runs: list[Path], examples: int | None = None) -> dict:
+    config = run_config(run)
+    progress = run_progress(run, examples)
     numbers = progress_numbers(progress)
     n, after = len(progress), numbers["after"]
     online = [bool(p["correct"]) for p in progress]
@@ -115,6 +140,8 @@ def run_row(run: Path, runs: list[Path]) -> dict:
         "pairs_per_cpu_hour": ({role: round(numbers["pairs"][role] / cpu_hours, 1) for role in ("answer", "stop")}
                                if cpu_hours else None),
         "first_step_after_example": numbers["first_step_after_example"],
+        "ended_by_stop": [sum(p["end_reason"] == "stop" for p in progress), n],
+        "tokens_per_example": round(sum(p["n_tokens"] for p in progress) / n, 1),
     }
     if baseline:
         flow = [bool(untrained[i]["correct"]) for i in ids]
@@ -156,6 +183,12 @@ def pct(acc: dict) -> str:
     return f"{acc['correct']}/{acc['n']} ({100 * acc['accuracy']:.0f}% [{100 * lo:.0f}-{100 * hi:.0f}])"
 
 
+def points(d: dict, n: bool = False) -> str:
+    """A paired difference as "+1.2 (-0.4 to +2.8; 5 vs 2; p=0.45)", with ", n=40" if ``n``."""
+    return (f"{100 * d['difference']:+.1f} ({100 * d['ci95'][0]:+.1f} to {100 * d['ci95'][1]:+.1f}; "
+            f"{d['only_a']} vs {d['only_b']}; p={d['p_value']:.2g}" + (f", n={d['n']})" if n else ")"))
+
+
 def table(rows: list[dict]) -> str:
     keys = varying(rows)
     head = ["run", *[k.split(".")[-1] for k in keys], "dtype", "trained flow (progressive)", "untrained flow",
@@ -163,12 +196,13 @@ def table(rows: list[dict]) -> str:
             "answers changed vs untrained: before 1st step (zero adapters) / after",
             "Answer / Stop pairs per example", "Stop pairs with Yes chosen", "rollouts with another outcome",
             "DPO steps (Answer, Stop)", "Answer reward acc. on unseen pairs", "Stop reward acc. on unseen pairs",
-            "last Answer loss", "s/example", "CPU s/example", "Answer / Stop pairs per CPU-hour"]
+            "last Answer loss", "s/example", "CPU s/example", "Answer / Stop pairs per CPU-hour",
+            "flows ended by the Stop LLM", "answer tokens per example",
+            f"minus {Path(rows[0]['run']).name}, points (95% CI; discordant; p)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         d = r.get("trained_minus_untrained", {}).get("all")
-        diff = (f"{100 * d['difference']:+.1f} ({100 * d['ci95'][0]:+.1f} to {100 * d['ci95'][1]:+.1f}; "
-                f"{d['only_a']} vs {d['only_b']}; p={d['p_value']:.2g})") if d else "no matching baseline"
+        diff = points(d) if d else "no matching baseline"
         changed = ("{}/{} / {}/{}".format(*r["answers_changed_before_first_step"], *r["answers_changed_after_first_step"])
                    if d else "-")
         ra, rs = r["answer_reward_accuracy_unseen"], r.get("stop_reward_accuracy_unseen", {"n": 0})
@@ -181,7 +215,9 @@ def table(rows: list[dict]) -> str:
                  pct(rs) if rs["n"] else "-",
                  f"{r['last_answer_loss']:.3f}" if r["last_answer_loss"] is not None else "-",
                  str(r["seconds_per_example"]), str(r.get("cpu_seconds_per_example") or "-"),
-                 f"{cph['answer']} / {cph['stop']}" if cph else "-"]
+                 f"{cph['answer']} / {cph['stop']}" if cph else "-",
+                 "{}/{}".format(*r["ended_by_stop"]), str(r["tokens_per_example"]),
+                 points(r["minus_first_run"], n=True) if "minus_first_run" in r else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -191,10 +227,17 @@ def main(argv: list[str]) -> int:
                                 formatter_class=HelpFormatter)
     p.add_argument("--runs", nargs="+", required=True, help="train run directories, in the order of the table")
     p.add_argument("--out", required=True, help="directory for sweep.json and sweep.md")
+    p.add_argument("--examples", type=int, default=None,
+                   help="compare every run on its first N examples only (default: all of each run's)")
     args = p.parse_args(argv)
+    if args.examples is not None and args.examples < 1:
+        p.error("--examples must be at least 1")
     runs = [Path(r) for r in args.runs]
     try:
-        rows = [run_row(run, runs) for run in runs]
+        rows = [run_row(run, runs, args.examples) for run in runs]
+        first = run_progress(runs[0], args.examples)
+        for run, row in zip(runs[1:], rows[1:]):
+            row["minus_first_run"] = {"run": str(runs[0]), **versus(run_progress(run, args.examples), first)}
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
