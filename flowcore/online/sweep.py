@@ -108,9 +108,9 @@ def versus(progress: list[dict], first: list[dict]) -> dict:
                                    [bool(p["correct"]) for p in first[:m]])
 
 
-def run_row(run: Path, runs: list[Path], examples: int | None = None) -> dict:
+def run_row(run: Path, runs: list[Path], progress: list[dict]) -> dict:
+    """The table's row of ``run`` from its ``progress`` lines (``run_progress``) and its other files."""
     config = run_config(run)
-    progress = run_progress(run, examples)
     numbers = progress_numbers(progress)
     n, after = len(progress), numbers["after"]
     online = [bool(p["correct"]) for p in progress]
@@ -234,10 +234,10 @@ def main(argv: list[str]) -> int:
         p.error("--examples must be at least 1")
     runs = [Path(r) for r in args.runs]
     try:
-        rows = [run_row(run, runs, args.examples) for run in runs]
-        first = run_progress(runs[0], args.examples)
-        for run, row in zip(runs[1:], rows[1:]):
-            row["minus_first_run"] = {"run": str(runs[0]), **versus(run_progress(run, args.examples), first)}
+        progress = [run_progress(run, args.examples) for run in runs]
+        rows = [run_row(run, runs, lines) for run, lines in zip(runs, progress)]
+        for lines, row in zip(progress[1:], rows[1:]):
+            row["minus_first_run"] = {"run": str(runs[0]), **versus(lines, progress[0])}
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
