@@ -7,6 +7,10 @@
 # At the end of each session commit the run's files (section 3):
 #   git add runs/online-dpo-2000/{config.json,progress.jsonl,pairs.jsonl,resumes.jsonl}
 #   git add -f runs/online-dpo-2000/adapters
+#   git add runs/online-dpo-2000/baseline_*.jsonl runs/online-dpo-2000/baseline_*.meta.json   # where they exist
+# A round that has not ended when the session does is lost (no checkpoint inside a round). When the next
+# round cannot end in time, stop the train after a round's commit and run `baselines --run runs/online-dpo-2000`
+# (it resumes as well) in the time left; the train goes on from its checkpoint in the next session.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
