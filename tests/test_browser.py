@@ -142,7 +142,9 @@ def test_empty_problem_leaves_no_error_badges(page):
         question = page.locator(f"#{tab.lower()}-question textarea")
         question.fill("   ")
         page.get_by_role("button", name=button).click()
-        page.get_by_text("The problem is empty").first.wait_for()
+        # wait for the message on the problem box itself: Gradio's screen-reader live region can show the
+        # same text first, and on a loaded machine the box's message may come more than 1.5 s later
+        page.locator(".validation-error").filter(has_text="The problem is empty").first.wait_for()
         page.wait_for_timeout(1500)  # Gradio marks the outputs of a failed event as soon as it fails
         # no toast on top: one message on screen. Gradio may also announce it in a screen-reader-only live
         # region (class sr-only, a 1-pixel box Playwright counts as visible); that one is not on screen
